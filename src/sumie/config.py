@@ -1,0 +1,231 @@
+"""Frozen configs for the three networks, read from each component's `config.json`.
+
+Field names and defaults are those of the diffusers / transformers config files, so a published
+folder is read as it is. Fields missing from older files take the reference's default
+(e.g. the SD 1.4 VAE has no `scaling_factor`: it is 0.18215). A field whose value sumie does not
+implement fails with a ConfigError naming it; unknown fields that do not change the maths
+(`_diffusers_version`, `architectures`, ...) are ignored.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from .errors import ConfigError
+
+
+def read_json(path: str | Path) -> dict[str, Any]:
+    """Read a JSON object from `path`, turning every failure into one clear ConfigError."""
+    path = Path(path)
+    if not path.is_file():
+        raise ConfigError(f"missing config file {path}; a diffusers model folder has one per component")
+    try:
+        data = json.loads(path.read_text(encoding="utf-8"))
+    except UnicodeDecodeError:
+        raise ConfigError(f"{path} is not a text file; expected a JSON config") from None
+    except json.JSONDecodeError as e:
+        raise ConfigError(f"{path} is not valid JSON ({e.msg} at line {e.lineno}, column {e.colno})") from None
+    if not isinstance(data, dict):
+        raise ConfigError(f"{path} must hold a JSON object, got {type(data).__name__}")
+    return data
+
+
+def _parse(cls, raw: dict[str, Any], source: str, fixed: dict[str, tuple]):
+    """Build dataclass `cls` from `raw`: take its fields, check `fixed` fields hold a supported value."""
+    names = {f.name: f for f in dataclasses.fields(cls)}
+    kwargs = {}
+    for key, value in raw.items():
+        if key in names:
+            kwargs[key] = tuple(value) if isinstance(value, list) else value
+        elif key in fixed and value not in fixed[key]:
+            allowed = " or ".join(repr(v) for v in fixed[key])
+            raise ConfigError(f"{source}: {key}={value!r} is not supported by sumie (supported: {allowed})")
+    try:
+        config = cls(**kwargs)
+    except TypeError as e:
+        raise ConfigError(f"{source}: {e}") from None
+    for f in dataclasses.fields(cls):
+        value = getattr(config, f.name)
+        expected = f.metadata.get("type")
+        if expected and not isinstance(value, expected):
+            raise ConfigError(f"{source}: {f.name} has the wrong type ({value!r})")
+    config.validate(source)
+    return config
+
+
+def _int(default):
+    return field(default=default, metadata={"type": int})
+
+
+@dataclass(frozen=True, kw_only=True)
+class TextEncoderConfig:
+    """CLIP text transformer (transformers' `CLIPTextConfig`)."""
+
+    vocab_size: int = _int(49408)
+    hidden_size: int = _int(512)
+    intermediate_size: int = _int(2048)
+    num_hidden_layers: int = _int(12)
+    num_attention_heads: int = _int(8)
+    max_position_embeddings: int = _int(77)
+    hidden_act: str = "quick_gelu"
+    layer_norm_eps: float = 1e-5
+    eos_token_id: int = 49407  # 2 in configs older than transformers 4.31: pool at argmax(ids) then
+    bos_token_id: int = 49406
+    pad_token_id: int = 1
+
+    def validate(self, source):
+        if self.hidden_act not in ("quick_gelu", "gelu"):
+            raise ConfigError(f"{source}: hidden_act={self.hidden_act!r} is not supported (quick_gelu or gelu)")
+        if self.hidden_size % self.num_attention_heads:
+            raise ConfigError(f"{source}: hidden_size {self.hidden_size} is not divisible by "
+                              f"num_attention_heads {self.num_attention_heads}")
+
+    @classmethod
+    def from_dict(cls, raw, source="text_encoder/config.json"):
+        return _parse(cls, raw, source, {})
+
+
+_UNET_FIXED = {
+    "act_fn": ("silu",),
+    "center_input_sample": (False,),
+    "downsample_padding": (1,),
+    "mid_block_scale_factor": (1, 1.0),
+    "mid_block_type": ("UNetMidBlock2DCrossAttn",),
+    "num_attention_heads": (None,),
+    "transformer_layers_per_block": (1, [1]),
+    "reverse_transformer_layers_per_block": (None,),
+    "dual_cross_attention": (False,),
+    "only_cross_attention": (False,),
+    "mid_block_only_cross_attention": (None, False),
+    "class_embed_type": (None,),
+    "num_class_embeds": (None,),
+    "addition_embed_type": (None,),
+    "encoder_hid_dim": (None,),
+    "encoder_hid_dim_type": (None,),
+    "resnet_time_scale_shift": ("default",),
+    "resnet_skip_time_act": (False,),
+    "resnet_out_scale_factor": (1, 1.0),
+    "time_embedding_type": ("positional",),
+    "time_embedding_dim": (None,),
+    "time_embedding_act_fn": (None,),
+    "timestep_post_act": (None,),
+    "time_cond_proj_dim": (None,),
+    "conv_in_kernel": (3,),
+    "conv_out_kernel": (3,),
+    "projection_class_embeddings_input_dim": (None,),
+    "attention_type": ("default",),
+    "class_embeddings_concat": (False,),
+    "cross_attention_norm": (None,),
+    "addition_time_embed_dim": (None,),
+    "dropout": (0, 0.0),
+}
+
+_DOWN_TYPES = ("CrossAttnDownBlock2D", "DownBlock2D")
+_UP_TYPES = ("CrossAttnUpBlock2D", "UpBlock2D")
+
+
+@dataclass(frozen=True, kw_only=True)
+class UNetConfig:
+    """UNet2DConditionModel as SD 1.x / 2.x use it (diffusers' config field names)."""
+
+    in_channels: int = _int(4)
+    out_channels: int = _int(4)
+    sample_size: int = _int(64)
+    block_out_channels: tuple = (320, 640, 1280, 1280)
+    layers_per_block: int = _int(2)
+    down_block_types: tuple = ("CrossAttnDownBlock2D",) * 3 + ("DownBlock2D",)
+    up_block_types: tuple = ("UpBlock2D",) + ("CrossAttnUpBlock2D",) * 3
+    # diffusers' SD configs store the number of *heads* here (a historical misnomer), an int or one per block
+    attention_head_dim: int | tuple = 8
+    cross_attention_dim: int = _int(1280)
+    norm_num_groups: int = _int(32)
+    norm_eps: float = 1e-5
+    use_linear_projection: bool = False
+    upcast_attention: bool = False
+    flip_sin_to_cos: bool = True
+    freq_shift: int = _int(0)
+
+    def validate(self, source):
+        n = len(self.block_out_channels)
+        if len(self.down_block_types) != n or len(self.up_block_types) != n:
+            raise ConfigError(f"{source}: block_out_channels, down_block_types and up_block_types "
+                              f"must have the same length (got {n}, {len(self.down_block_types)}, "
+                              f"{len(self.up_block_types)})")
+        for name, types, allowed in (("down_block_types", self.down_block_types, _DOWN_TYPES),
+                                     ("up_block_types", self.up_block_types, _UP_TYPES)):
+            for t in types:
+                if t not in allowed:
+                    raise ConfigError(f"{source}: {name} entry {t!r} is not supported ({', '.join(allowed)})")
+        if isinstance(self.attention_head_dim, tuple) and len(self.attention_head_dim) != n:
+            raise ConfigError(f"{source}: attention_head_dim has {len(self.attention_head_dim)} entries, "
+                              f"expected one per block ({n})")
+        for c in self.block_out_channels:
+            if c % self.norm_num_groups:
+                raise ConfigError(f"{source}: block_out_channels entry {c} is not divisible by "
+                                  f"norm_num_groups {self.norm_num_groups}")
+
+    @property
+    def heads(self) -> tuple[int, ...]:
+        """Attention heads per down block (up blocks use them reversed, the mid block the last)."""
+        h = self.attention_head_dim
+        return h if isinstance(h, tuple) else (h,) * len(self.block_out_channels)
+
+    @classmethod
+    def from_dict(cls, raw, source="unet/config.json"):
+        if isinstance(raw.get("cross_attention_dim"), list):
+            raise ConfigError(f"{source}: a per-block cross_attention_dim is not supported")
+        return _parse(cls, raw, source, _UNET_FIXED)
+
+
+_VAE_FIXED = {
+    "act_fn": ("silu",),
+    "shift_factor": (None, 0, 0.0),
+    "latents_mean": (None,),
+    "latents_std": (None,),
+}
+
+
+@dataclass(frozen=True, kw_only=True)
+class VAEConfig:
+    """AutoencoderKL (diffusers' config field names)."""
+
+    in_channels: int = _int(3)
+    out_channels: int = _int(3)
+    latent_channels: int = _int(4)
+    block_out_channels: tuple = (64,)
+    layers_per_block: int = _int(1)
+    down_block_types: tuple = ("DownEncoderBlock2D",)
+    up_block_types: tuple = ("UpDecoderBlock2D",)
+    norm_num_groups: int = _int(32)
+    sample_size: int = _int(32)
+    scaling_factor: float = 0.18215  # Rombach et al. 2022, sec. 4.3.2: unit-variance latents for SD
+    force_upcast: bool = True
+    mid_block_add_attention: bool = True
+    use_quant_conv: bool = True
+    use_post_quant_conv: bool = True
+
+    def validate(self, source):
+        n = len(self.block_out_channels)
+        if self.down_block_types != ("DownEncoderBlock2D",) * n:
+            raise ConfigError(f"{source}: down_block_types must be {n} x 'DownEncoderBlock2D' "
+                              f"(got {list(self.down_block_types)})")
+        if self.up_block_types != ("UpDecoderBlock2D",) * n:
+            raise ConfigError(f"{source}: up_block_types must be {n} x 'UpDecoderBlock2D' "
+                              f"(got {list(self.up_block_types)})")
+        for c in self.block_out_channels:
+            if c % self.norm_num_groups:
+                raise ConfigError(f"{source}: block_out_channels entry {c} is not divisible by "
+                                  f"norm_num_groups {self.norm_num_groups}")
+
+    @property
+    def downscale(self) -> int:
+        """Pixels per latent along each side (8 for SD)."""
+        return 2 ** (len(self.block_out_channels) - 1)
+
+    @classmethod
+    def from_dict(cls, raw, source="vae/config.json"):
+        return _parse(cls, raw, source, _VAE_FIXED)

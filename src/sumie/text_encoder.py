@@ -1,0 +1,118 @@
+"""CLIP text transformer (Radford et al. 2021, sec. 2.4): token ids -> per-token embeddings.
+
+SD 1.x uses OpenAI's ViT-L/14 text tower (12 layers, width 768, quick_gelu); SD 2.x uses
+OpenCLIP ViT-H/14's (23 of 24 layers kept, width 1024, gelu). Parameter names are those of
+transformers' `CLIPTextModel`, so `text_encoder/` folders load unchanged.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from .config import TextEncoderConfig
+
+
+@dataclass
+class TextEncoderOutput:
+    last_hidden_state: torch.Tensor  # (B, T, D), after the final layer norm
+    pooler_output: torch.Tensor  # (B, D), at each sequence's EOS token
+    hidden_states: tuple[torch.Tensor, ...] | None  # embeddings, then each layer's output (before final norm)
+
+    def __getitem__(self, i):  # `text_encoder(ids)[0]`, as with transformers
+        return (self.last_hidden_state, self.pooler_output, self.hidden_states)[i]
+
+
+def quick_gelu(x: torch.Tensor) -> torch.Tensor:
+    """x * sigmoid(1.702 x): the GELU approximation OpenAI's CLIP was trained with (Hendrycks & Gimpel 2016, sec. 2)."""
+    return x * torch.sigmoid(1.702 * x)
+
+
+class Embeddings(nn.Module):
+    def __init__(self, cfg: TextEncoderConfig):
+        super().__init__()
+        self.token_embedding = nn.Embedding(cfg.vocab_size, cfg.hidden_size)
+        self.position_embedding = nn.Embedding(cfg.max_position_embeddings, cfg.hidden_size)
+
+    def forward(self, ids: torch.Tensor) -> torch.Tensor:
+        # ids: (B, T) -> (B, T, D)
+        positions = torch.arange(ids.shape[1], device=ids.device)
+        return self.token_embedding(ids) + self.position_embedding(positions)[None]
+
+
+class SelfAttention(nn.Module):
+    """Causal multi-head self-attention (each token sees itself and those before it)."""
+
+    def __init__(self, cfg: TextEncoderConfig):
+        super().__init__()
+        d, self.heads = cfg.hidden_size, cfg.num_attention_heads
+        self.q_proj, self.k_proj, self.v_proj, self.out_proj = (nn.Linear(d, d) for _ in range(4))
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        B, T, D = x.shape
+        q, k, v = (p(x).view(B, T, self.heads, D // self.heads).transpose(1, 2)  # (B, heads, T, hd)
+                   for p in (self.q_proj, self.k_proj, self.v_proj))
+        out = F.scaled_dot_product_attention(q, k, v, is_causal=True)
+        return self.out_proj(out.transpose(1, 2).reshape(B, T, D))
+
+
+class MLP(nn.Module):
+    def __init__(self, cfg: TextEncoderConfig):
+        super().__init__()
+        self.fc1 = nn.Linear(cfg.hidden_size, cfg.intermediate_size)
+        self.fc2 = nn.Linear(cfg.intermediate_size, cfg.hidden_size)
+        self.act = quick_gelu if cfg.hidden_act == "quick_gelu" else F.gelu
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.fc2(self.act(self.fc1(x)))
+
+
+class EncoderLayer(nn.Module):
+    """Pre-norm transformer layer."""
+
+    def __init__(self, cfg: TextEncoderConfig):
+        super().__init__()
+        self.layer_norm1 = nn.LayerNorm(cfg.hidden_size, eps=cfg.layer_norm_eps)
+        self.self_attn = SelfAttention(cfg)
+        self.layer_norm2 = nn.LayerNorm(cfg.hidden_size, eps=cfg.layer_norm_eps)
+        self.mlp = MLP(cfg)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        x = x + self.self_attn(self.layer_norm1(x))
+        return x + self.mlp(self.layer_norm2(x))
+
+
+class Encoder(nn.Module):
+    def __init__(self, cfg: TextEncoderConfig):
+        super().__init__()
+        self.layers = nn.ModuleList(EncoderLayer(cfg) for _ in range(cfg.num_hidden_layers))
+
+
+class CLIPTextModel(nn.Module):
+    def __init__(self, config: TextEncoderConfig):
+        super().__init__()
+        self.config = config
+        self.embeddings = Embeddings(config)
+        self.encoder = Encoder(config)
+        self.final_layer_norm = nn.LayerNorm(config.hidden_size, eps=config.layer_norm_eps)
+
+    def forward(self, input_ids: torch.Tensor, output_hidden_states: bool = False) -> TextEncoderOutput:
+        # input_ids: (B, T) -> last_hidden_state (B, T, D)
+        x = self.embeddings(input_ids)
+        states = [x]
+        for layer in self.encoder.layers:
+            x = layer(x)
+            states.append(x)
+        last = self.final_layer_norm(x)
+        return TextEncoderOutput(last, last[torch.arange(len(last)), self.eos_positions(input_ids)],
+                                 tuple(states) if output_hidden_states else None)
+
+    def eos_positions(self, ids: torch.Tensor) -> torch.Tensor:
+        """(B,) index of each sequence's first EOS token. Configs with the old eos_token_id=2 pool at
+        argmax(ids), as transformers does for them (EOS is the largest id in the CLIP vocabulary)."""
+        if self.config.eos_token_id == 2:
+            return ids.argmax(dim=-1)
+        return (ids == self.config.eos_token_id).int().argmax(dim=-1)
