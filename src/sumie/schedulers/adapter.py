@@ -1,0 +1,151 @@
+"""The diffusers scheduler interface, as a thin stateful shell over the pure samplers.
+
+For hand-written loops:
+
+    scheduler.set_timesteps(25)
+    latents = noise * scheduler.init_noise_sigma
+    for t in scheduler.timesteps:
+        out = unet(scheduler.scale_model_input(latents, t), t, ...)
+        latents = scheduler.step(out, t, latents).prev_sample
+
+The adapter runs the sampler generator one model call at a time: `step` sends it the prediction made
+from `out` and returns the sample at which the sampler next wants the model (its `prev_sample`).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+
+import torch
+
+from ..config import read_json
+from ..errors import ConfigError, InputError
+from . import BY_DIFFUSERS_CLASS, Sampling, parse_config, predict, randn, spec_for
+
+
+class FrozenConfig(dict):
+    """A read-only dict whose keys also read as attributes (`scheduler.config.num_train_timesteps`)."""
+
+    def __getattr__(self, name):
+        try:
+            return self[name]
+        except KeyError:
+            raise AttributeError(name) from None
+
+
+@dataclass
+class SchedulerOutput:
+    prev_sample: torch.Tensor
+    pred_original_sample: torch.Tensor | None = None
+
+
+class Scheduler:
+    """One sampler id with diffusers' `set_timesteps` / `scale_model_input` / `step` protocol."""
+
+    sampler_id: str = "euler"
+
+    def __init__(self, sampler_id: str | None = None, *, karras: bool = False, **config):
+        self.sampler_id = sampler_id or type(self).sampler_id
+        spec_for(self.sampler_id)
+        self.karras = karras
+        raw = {k: v for k, v in config.items() if not k.startswith("_")}
+        self.config = FrozenConfig({**parse_config(raw, self.sampler_id, karras=karras).__dict__, **raw,
+                                    "_class_name": spec_for(self.sampler_id).diffusers})
+        self._raw = raw
+        self.order = spec_for(self.sampler_id).order
+        self.sampling: Sampling | None = None
+        self.timesteps = torch.tensor([])
+
+    @classmethod
+    def from_config(cls, config, sampler_id: str | None = None, **overrides) -> "Scheduler":
+        """Build from another scheduler's `.config` or a config dict, keeping its schedule fields."""
+        return cls(sampler_id, **{**dict(config), **overrides})
+
+    @classmethod
+    def from_pretrained(cls, folder: str | Path, subfolder: str | None = None, **overrides) -> "Scheduler":
+        path = Path(folder) / (subfolder or "") / "scheduler_config.json"
+        raw = read_json(path)
+        sampler_id = None if cls is not Scheduler else BY_DIFFUSERS_CLASS.get(raw.get("_class_name"))
+        if cls is Scheduler and sampler_id is None:
+            raise ConfigError(f"{path}: scheduler class {raw.get('_class_name')!r} is not one sumie implements")
+        return cls(sampler_id, **{**raw, **overrides})
+
+    def set_timesteps(self, num_inference_steps: int, device: str | torch.device | None = None) -> None:
+        self.sampling = Sampling.create(self.sampler_id, self._raw, num_inference_steps, karras=self.karras)
+        self.num_inference_steps = num_inference_steps
+        self.timesteps = self._visited_timesteps().to(device or "cpu")
+        self._sampler, self._request = None, None
+        self._generator = None
+
+    def _visited_timesteps(self) -> torch.Tensor:
+        """Every timestep the model is called at, in order (Heun and PLMS visit some twice)."""
+        dummy = torch.zeros(1)
+        sampler = self.sampling.start(dummy, lambda like: torch.zeros_like(like))
+        visited, request = [], next(sampler)
+        while True:
+            visited.append(float(request.timestep))
+            try:
+                request = sampler.send(predict(dummy, request, "epsilon"))
+            except StopIteration:
+                dtype = torch.int64 if all(v.is_integer() for v in visited) and self.sampler_id in (
+                    "pndm", "ddim", "ddpm", "dpm++2m", "dpm++2m-sde", "unipc") else torch.float32
+                return torch.tensor(visited, dtype=dtype)
+
+    @property
+    def init_noise_sigma(self) -> float:
+        self._require_timesteps()
+        return self.sampling.init_noise_sigma
+
+    def _require_timesteps(self):
+        if self.sampling is None:
+            raise InputError("call scheduler.set_timesteps(num_inference_steps) before sampling")
+
+    def _current(self, sample: torch.Tensor, timestep):
+        self._require_timesteps()
+        if self._sampler is None:
+            noise = lambda like: randn(like.shape, self._generator, like.device, like.dtype)
+            self._sampler = self.sampling.start(sample, noise)
+            self._request = next(self._sampler)
+        if self._request is None:
+            raise InputError("the schedule is finished; call set_timesteps again to sample anew")
+        t = float(timestep)
+        if t not in self.timesteps.tolist():
+            raise InputError(f"timestep {timestep!r} is not in this schedule; use the values of scheduler.timesteps")
+        if abs(t - float(self._request.timestep)) > 1e-4:
+            raise InputError(f"timestep {timestep!r} is out of order; expected {float(self._request.timestep):g}")
+        return self._request
+
+    def scale_model_input(self, sample: torch.Tensor, timestep) -> torch.Tensor:
+        """The UNet's input for `sample` (any batch size, e.g. doubled for guidance) at `timestep`."""
+        if self._sampler is None:
+            return sample * self._first_scale(sample, timestep)
+        return sample * self._current(sample, timestep).scale
+
+    def _first_scale(self, sample, timestep):
+        # Before the first step the sampler is not started (its start needs the unbatched latent).
+        self._require_timesteps()
+        probe = self.sampling.start(torch.zeros(1), lambda like: torch.zeros_like(like))
+        return next(probe).scale
+
+    def step(self, model_output: torch.Tensor, timestep, sample: torch.Tensor,
+             generator: torch.Generator | None = None, return_dict: bool = True):
+        self._generator = generator
+        request = self._current(sample, timestep)
+        p = predict(model_output.to(torch.float32), request, self.sampling.prediction_type, sample.to(torch.float32))
+        try:
+            self._request = self._sampler.send(p)
+            prev = self._request.sample
+        except StopIteration as done:
+            self._request, prev = None, done.value
+        prev = prev.to(model_output.dtype)
+        return SchedulerOutput(prev, p.x0) if return_dict else (prev,)
+
+    def add_noise(self, original: torch.Tensor, noise: torch.Tensor, timesteps: torch.Tensor) -> torch.Tensor:
+        """q(x_t | x0) at the given training timesteps (Ho et al. 2020, eq. 4), in VP space."""
+        ac = self.sampling.schedule.alphas_cumprod if self.sampling else None
+        if ac is None:
+            from .schedule import alphas_cumprod_for
+            ac = alphas_cumprod_for(parse_config(self._raw, self.sampler_id))
+        a = ac[timesteps.long().cpu()].to(original.device, original.dtype).reshape(-1, *[1] * (original.ndim - 1))
+        return a ** 0.5 * original + (1 - a) ** 0.5 * noise
