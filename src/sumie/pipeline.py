@@ -1,0 +1,191 @@
+"""Text to image: encode the prompt -> sample latents with guidance -> decode.
+
+`StableDiffusionPipeline` mirrors diffusers' class of that name where users rely on it (same call
+arguments and defaults, same numbers for the same seed) and adds `seed=`, `scheduler="dpm++2m"` and
+`karras=True`. Classifier-free guidance (Ho & Salimans 2022, eq. 6) runs both branches in one batched
+UNet call; prompts are encoded once per call.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import torch
+from tqdm.auto import tqdm
+
+from .errors import InputError, NumericalError
+from .schedulers import Sampling, randn, run
+from .schedulers.adapter import FrozenConfig, Scheduler
+from .weights import load_folder
+
+MAX_SIDE = 4096
+MAX_IMAGES = 64
+
+
+@dataclass
+class PipelineOutput:
+    images: list | np.ndarray | torch.Tensor
+
+
+def _nearest_multiples(v: int, m: int = 8) -> str:
+    lo = max(m, v // m * m)
+    return f"{lo} or {lo + m}" if lo != v else str(v)
+
+
+class StableDiffusionPipeline:
+    def __init__(self, *, vae, text_encoder, tokenizer, unet, scheduler: Scheduler, source: Path | None = None):
+        self.vae, self.text_encoder, self.tokenizer, self.unet = vae, text_encoder, tokenizer, unet
+        self.scheduler = scheduler
+        self.source = source
+        self.max_side = MAX_SIDE
+        self.interrupt = False
+        self._progress = {}
+
+    @classmethod
+    def from_pretrained(cls, path: str | Path, torch_dtype: torch.dtype | None = None, variant: str | None = None,
+                        device: str | torch.device = "cpu", **_ignored) -> "StableDiffusionPipeline":
+        """Load a diffusers-format model folder (safety checker and feature extractor are not used)."""
+        parts = load_folder(path, dtype=torch_dtype, device=device, variant=variant)
+        return cls(vae=parts.vae, text_encoder=parts.text_encoder, tokenizer=parts.tokenizer, unet=parts.unet,
+                   scheduler=Scheduler.from_pretrained(Path(path), subfolder="scheduler"), source=parts.source)
+
+    # -- the diffusers object surface ---------------------------------------------------------------
+    @property
+    def device(self) -> torch.device:
+        return self.unet.device
+
+    @property
+    def dtype(self) -> torch.dtype:
+        return self.unet.dtype
+
+    @property
+    def config(self) -> FrozenConfig:
+        return FrozenConfig(_class_name="StableDiffusionPipeline", _name_or_path=str(self.source or ""),
+                            scheduler=self.scheduler.config._class_name)
+
+    def to(self, device=None, dtype: torch.dtype | None = None) -> "StableDiffusionPipeline":
+        if isinstance(device, torch.dtype):
+            device, dtype = None, device
+        for m in (self.vae, self.text_encoder, self.unet):
+            m.to(device=device, dtype=dtype)
+        return self
+
+    def set_progress_bar_config(self, **kwargs) -> None:
+        self._progress = kwargs
+
+    @property
+    def vae_scale_factor(self) -> int:
+        return self.vae.config.downscale
+
+    # -- steps ----------------------------------------------------------------------------------------
+    @torch.no_grad()
+    def encode_prompt(self, prompts: list[str]) -> torch.Tensor:
+        """prompts -> (B, 77, D) last hidden states of the text encoder."""
+        ids = self.tokenizer.encode(prompts).input_ids.to(self.text_encoder.embeddings.token_embedding.weight.device)
+        return self.text_encoder(ids).last_hidden_state
+
+    def _check(self, prompts, negatives, height, width, steps, guidance, n) -> None:
+        for name, v in (("height", height), ("width", width)):
+            if not isinstance(v, int) or v <= 0:
+                raise InputError(f"{name} must be a positive integer (got {v!r})")
+            if v % 8:
+                raise InputError(f"{name} must be a multiple of 8 (got {v}); try {_nearest_multiples(v)}")
+            if v > self.max_side:
+                raise InputError(f"{name} must be at most {self.max_side} pixels (got {v})")
+        if not isinstance(steps, int) or steps < 1:
+            raise InputError(f"num_inference_steps must be an integer >= 1 (got {steps!r})")
+        if not isinstance(guidance, (int, float)) or not math.isfinite(guidance):
+            raise InputError(f"guidance_scale must be a finite number (got {guidance!r})")
+        if not isinstance(n, int) or not 1 <= n <= MAX_IMAGES:
+            raise InputError(f"num_images_per_prompt must be from 1 to {MAX_IMAGES} (got {n!r})")
+        if negatives is not None and len(negatives) != len(prompts):
+            raise InputError(f"negative_prompt has {len(negatives)} entries but prompt has {len(prompts)}; "
+                             f"give one negative prompt, or one per prompt")
+
+    @torch.no_grad()
+    def __call__(self, prompt: str | list[str], negative_prompt: str | list[str] | None = None,
+                 num_inference_steps: int = 50, guidance_scale: float = 7.5, height: int | None = None,
+                 width: int | None = None, num_images_per_prompt: int = 1, generator=None, seed: int | None = None,
+                 scheduler: str | None = None, karras: bool | None = None, output_type: str = "pil",
+                 callback_on_step_end=None, latents: torch.Tensor | None = None, **_ignored) -> PipelineOutput:
+        prompts = [prompt] if isinstance(prompt, str) else list(prompt)
+        negatives = None if negative_prompt is None else (
+            [negative_prompt] * len(prompts) if isinstance(negative_prompt, str) else list(negative_prompt))
+        native = self.unet.config.sample_size * self.vae_scale_factor
+        height, width = native if height is None else height, native if width is None else width
+        self._check(prompts, negatives, height, width, num_inference_steps, guidance_scale, num_images_per_prompt)
+        if output_type not in ("pil", "np", "pt", "latent"):
+            raise InputError(f"output_type must be pil, np, pt or latent (got {output_type!r})")
+        sampling = Sampling.create(scheduler or self.scheduler.sampler_id, self.scheduler._raw, num_inference_steps,
+                                   karras=self.scheduler.karras if karras is None else karras)
+        batch = len(prompts) * num_images_per_prompt
+        if seed is not None:
+            generator = [torch.Generator("cpu").manual_seed(seed + i) for i in range(batch)]
+        if isinstance(generator, list) and len(generator) != batch:
+            raise InputError(f"got {len(generator)} generators for a batch of {batch} images; pass one per image")
+
+        guided = guidance_scale > 1
+        cond = self.encode_prompt(prompts).repeat_interleave(num_images_per_prompt, dim=0)  # (B, 77, D)
+        if guided:
+            uncond = self.encode_prompt(negatives or [""] * len(prompts)).repeat_interleave(num_images_per_prompt, 0)
+            context = torch.cat([uncond, cond])  # (2B, 77, D)
+        else:
+            context = cond
+
+        f = self.vae_scale_factor
+        shape = (batch, self.unet.config.in_channels, height // f, width // f)
+        # (B, C, H/f, W/f): drawn on the CPU generator in float32, so a seed gives the same image on any device
+        x = randn(shape, generator, "cpu") if latents is None else latents.float().cpu()
+        x = x.to(self.device) * sampling.init_noise_sigma
+
+        def model(x_in: torch.Tensor, t) -> torch.Tensor:
+            x_in = x_in.to(self.dtype)
+            if not guided:
+                return self.unet(x_in, t, encoder_hidden_states=context).float()
+            out_uncond, out_cond = self.unet(torch.cat([x_in, x_in]), t, encoder_hidden_states=context).float().chunk(2)
+            return out_uncond + guidance_scale * (out_cond - out_uncond)
+
+        bar = tqdm(total=len(sampling.schedule), **{"disable": False, **self._progress})
+        self.interrupt = False
+
+        def on_step(i, request):
+            bar.update(1) if bar.n < bar.total else None
+            if callback_on_step_end is not None:
+                callback_on_step_end(self, i, request.timestep, {"latents": request.sample})
+            if self.interrupt:
+                raise KeyboardInterrupt
+
+        noise = lambda like: randn(like.shape, generator, like.device)
+        try:
+            x = run(sampling.start(x, noise), model, sampling.prediction_type, on_step)
+        finally:
+            bar.close()
+        if output_type == "latent":
+            return PipelineOutput(x)
+        image = self.decode(x)
+        if output_type == "pt":
+            return PipelineOutput(image)
+        array = image.permute(0, 2, 3, 1).float().cpu().numpy()
+        if output_type == "np":
+            return PipelineOutput(array)
+        from PIL import Image
+        return PipelineOutput([Image.fromarray((a * 255).round().astype(np.uint8)) for a in array])
+
+    @torch.no_grad()
+    def decode(self, latents: torch.Tensor) -> torch.Tensor:
+        """(B, 4, h, w) latents -> (B, 3, H, W) images in [0, 1]. NaN/Inf triggers one float32 re-decode."""
+        z = latents / self.vae.config.scaling_factor
+        image = self.vae.decode(z.to(self.vae.dtype))
+        if not torch.isfinite(image).all() and self.vae.dtype != torch.float32:
+            vae32 = self.vae.float()
+            try:
+                image = vae32.decode(z.float())
+            finally:
+                self.vae.to(self.dtype)
+        if not torch.isfinite(image).all():
+            raise NumericalError("the VAE decoded NaN or Inf values even in float32; the latents are invalid "
+                                 "(check the model weights and the guidance scale)")
+        return (image.float() / 2 + 0.5).clamp(0, 1)

@@ -1,0 +1,88 @@
+"""End-to-end images equal diffusers' StableDiffusionPipeline on small random SD1 / SD2 (v-prediction) folders."""
+
+import numpy as np
+import pytest
+import torch
+
+from sumie.errors import InputError
+from sumie.pipeline import StableDiffusionPipeline
+
+CASES = [
+    ("sd1", "pndm", dict(prompt="a red circle", num_inference_steps=4)),
+    ("sd1", "euler", dict(prompt=["a cat", "a dog"], negative_prompt=["blurry", "dark"], num_inference_steps=3)),
+    ("sd1", "ddim", dict(prompt="no guidance", guidance_scale=1.0, num_inference_steps=3, height=48, width=64)),
+    ("sd1", "dpm++2m", dict(prompt="batch", num_images_per_prompt=2, num_inference_steps=3)),
+    ("sd1", "lms", dict(prompt="word " * 90, num_inference_steps=3)),
+    ("sd2", "ddim", dict(prompt="v prediction", num_inference_steps=4, height=40, width=56)),
+    ("sd2", "heun", dict(prompt="heun", num_inference_steps=3)),
+    ("sd2", "unipc", dict(prompt="unipc", negative_prompt="ugly", num_inference_steps=4)),
+]
+
+
+def diffusers_images(folder, sampler_id, kwargs, seeds):
+    import diffusers
+    from sumie.schedulers import SAMPLERS
+    pipe = diffusers.StableDiffusionPipeline.from_pretrained(folder, safety_checker=None)
+    cls = getattr(diffusers, SAMPLERS[sampler_id].diffusers)
+    pipe.scheduler = cls.from_config(pipe.scheduler.config)
+    pipe.set_progress_bar_config(disable=True)
+    gens = [torch.Generator("cpu").manual_seed(s) for s in seeds]
+    return pipe(**kwargs, generator=gens, output_type="np").images
+
+
+@pytest.mark.parametrize("kind,sampler_id,kwargs", CASES, ids=[f"{k}-{s}-{i}" for i, (k, s, _) in enumerate(CASES)])
+def test_images_equal_diffusers(sd1_folder, sd2_folder, kind, sampler_id, kwargs):
+    folder = {"sd1": sd1_folder, "sd2": sd2_folder}[kind]
+    pipe = StableDiffusionPipeline.from_pretrained(folder)
+    pipe.set_progress_bar_config(disable=True)
+    n = (1 if isinstance(kwargs["prompt"], str) else len(kwargs["prompt"])) * kwargs.get("num_images_per_prompt", 1)
+    ours = pipe(**kwargs, seed=100, scheduler=sampler_id, output_type="np").images
+    theirs = diffusers_images(folder, sampler_id, kwargs, [100 + i for i in range(n)])
+    assert ours.shape == theirs.shape
+    diff = np.abs(np.round(ours * 255) - np.round(theirs * 255)).max()
+    assert diff <= 2, diff
+    assert ours.std() > 0.01  # not a flat image
+
+
+def test_seed_reproduces_single_image(sd1_folder):
+    pipe = StableDiffusionPipeline.from_pretrained(sd1_folder)
+    pipe.set_progress_bar_config(disable=True)
+    batch = pipe("x", num_images_per_prompt=3, num_inference_steps=2, seed=7, output_type="np").images
+    single = pipe("x", num_inference_steps=2, seed=8, output_type="np").images
+    assert np.allclose(batch[1], single[0], atol=1e-5)
+
+
+@pytest.mark.parametrize("kwargs,needle", [
+    (dict(height=500), "height must be a multiple of 8 (got 500); try 496 or 504"),
+    (dict(width=0), "width must be a positive integer"),
+    (dict(width=8192), "at most 4096"),
+    (dict(num_inference_steps=0), "num_inference_steps"),
+    (dict(guidance_scale=float("nan")), "guidance_scale must be a finite number"),
+    (dict(num_images_per_prompt=65), "num_images_per_prompt must be from 1 to 64"),
+    (dict(prompt=["a", "b"], negative_prompt=["x", "y", "z"]), "negative_prompt has 3 entries"),
+    (dict(scheduler="nope"), "unknown scheduler 'nope'"),
+])
+def test_validation(sd1_folder, kwargs, needle):
+    pipe = StableDiffusionPipeline.from_pretrained(sd1_folder)
+    with pytest.raises(InputError) as info:
+        pipe(**{"prompt": "x", "num_inference_steps": 2, **kwargs})
+    assert needle in str(info.value)
+
+
+def test_nan_latents_raise_clear_error(sd1_folder):
+    from sumie.errors import NumericalError
+    pipe = StableDiffusionPipeline.from_pretrained(sd1_folder)
+    with pytest.raises(NumericalError):
+        pipe.decode(torch.full((1, 4, 4, 4), float("nan")))
+
+
+def test_image_grid(sd1_folder):
+    from sumie import image_grid
+    pipe = StableDiffusionPipeline.from_pretrained(sd1_folder)
+    pipe.set_progress_bar_config(disable=True)
+    images = pipe("x", num_images_per_prompt=3, num_inference_steps=1, seed=1, height=32, width=48).images
+    grid = image_grid(images, rows=1, cols=3)
+    assert grid.size == (144, 32)
+    assert grid.crop((48, 0, 96, 32)).tobytes() == images[1].tobytes()
+    with pytest.raises(InputError, match="rows \\* cols = 4"):
+        image_grid(images, rows=2, cols=2)
