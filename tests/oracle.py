@@ -5,7 +5,6 @@ Test-only: sumie itself never imports diffusers or transformers.
 
 from __future__ import annotations
 
-import json
 from pathlib import Path
 
 import torch
@@ -73,13 +72,3 @@ def write_model_folder(path: Path, kind: str = "sd1", seed: int = 0) -> Path:
                                    safety_checker=None, feature_extractor=None, requires_safety_checker=False)
     pipe.save_pretrained(path)
     return path
-
-
-def rewrite_json(path: Path, **changes) -> None:
-    data = json.loads(path.read_text())
-    for k, v in changes.items():
-        if v is None:
-            data.pop(k, None)
-        else:
-            data[k] = v
-    path.write_text(json.dumps(data))

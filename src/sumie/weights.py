@@ -94,11 +94,6 @@ def read_safetensors(path: str | Path) -> dict[str, torch.Tensor]:
     return out
 
 
-def safetensors_metadata(path: str | Path) -> dict[str, str]:
-    header, _ = _read_header(Path(path))
-    return header.get("__metadata__") or {}
-
-
 def find_weight_files(folder: Path, stem: str, variant: str | None = None) -> list[Path]:
     """The safetensors file(s) of one component: `{stem}[.{variant}].safetensors`, or the shards named in
     `{stem}[.{variant}].safetensors.index.json`."""

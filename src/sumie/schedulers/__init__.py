@@ -73,18 +73,10 @@ class Spec:
     order: int = 1  # diffusers' `scheduler.order`
 
 
-def _discrete(final_alpha_from_config: bool):
-    def build(cfg, n, karras):
-        if karras:
-            raise InputError("karras applies to sigma-based samplers; DDIM, PLMS and DDPM use the training timesteps")
-        if not final_alpha_from_config:
-            return _ddim.discrete_schedule(cfg, n, final_alpha=1.0)
-        return _ddim.discrete_schedule(cfg, n, final_alpha=1.0 if cfg.set_alpha_to_one else None)
-    return build
-
-
-def _sigma(cfg, n, karras):
-    return sigma_schedule(cfg, n, karras)
+def _discrete(cfg, n, karras):
+    if karras:
+        raise InputError("karras applies to sigma-based samplers; DDIM, PLMS and DDPM use the training timesteps")
+    return _ddim.discrete_schedule(cfg, n, final_alpha=1.0 if cfg.set_alpha_to_one else None)
 
 
 def _vp(round_karras):
@@ -100,26 +92,26 @@ _SIGMA_FIELDS = ("use_karras_sigmas", "interpolation_type", "timestep_type", "fi
                  "rescale_betas_zero_snr", "use_exponential_sigmas", "use_beta_sigmas", "sigma_min", "sigma_max")
 
 SAMPLERS: dict[str, Spec] = {
-    "pndm": Spec(_ddim.plms, _discrete(True), "PLMS", "PNDMScheduler",
+    "pndm": Spec(_ddim.plms, _discrete, "PLMS", "PNDMScheduler",
                  "pseudo linear multistep (PLMS), the SD 1.x default (Liu et al. 2022)",
                  ("set_alpha_to_one", "skip_prk_steps"), dict(timestep_spacing="leading", set_alpha_to_one=False),
                  karras=False),
-    "ddim": Spec(_ddim.ddim, _discrete(True), "DDIM", "DDIMScheduler",
+    "ddim": Spec(_ddim.ddim, _discrete, "DDIM", "DDIMScheduler",
                  "denoising diffusion implicit models, deterministic (Song et al. 2021)",
                  ("set_alpha_to_one", "clip_sample", "clip_sample_range", "thresholding", "rescale_betas_zero_snr"),
                  dict(timestep_spacing="leading", clip_sample=True), karras=False),
-    "ddpm": Spec(_ddim.ddpm, _discrete(False), "DDPM", "DDPMScheduler",
+    "ddpm": Spec(_ddim.ddpm, _discrete, "DDPM", "DDPMScheduler",
                  "ancestral sampling of the trained Markov chain, stochastic (Ho et al. 2020)",
                  ("clip_sample", "clip_sample_range", "variance_type", "thresholding", "rescale_betas_zero_snr"),
                  dict(timestep_spacing="leading", clip_sample=True), karras=False, stochastic=True),
-    "lms": Spec(_euler.lms, _sigma, "LMS", "LMSDiscreteScheduler",
+    "lms": Spec(_euler.lms, sigma_schedule, "LMS", "LMSDiscreteScheduler",
                 "4th-order linear multistep in sigma (Karras et al. 2022)", _SIGMA_FIELDS),
-    "euler": Spec(_euler.euler, _sigma, "Euler", "EulerDiscreteScheduler",
+    "euler": Spec(_euler.euler, sigma_schedule, "Euler", "EulerDiscreteScheduler",
                   "Euler on the probability-flow ODE (Karras et al. 2022, alg. 2)", _SIGMA_FIELDS),
-    "euler-a": Spec(_euler.euler_ancestral, _sigma, "Euler a", "EulerAncestralDiscreteScheduler",
+    "euler-a": Spec(_euler.euler_ancestral, sigma_schedule, "Euler a", "EulerAncestralDiscreteScheduler",
                     "Euler with ancestral noise, stochastic (k-diffusion)", ("rescale_betas_zero_snr",),
                     stochastic=True),
-    "heun": Spec(_euler.heun, _sigma, "Heun", "HeunDiscreteScheduler",
+    "heun": Spec(_euler.heun, sigma_schedule, "Heun", "HeunDiscreteScheduler",
                  "Heun's 2nd-order method, two model calls per step (Karras et al. 2022, alg. 1)",
                  _SIGMA_FIELDS, order=2),
     "dpm++2m": Spec(_dpm.dpmpp_2m, _vp(False), "DPM++ 2M", "DPMSolverMultistepScheduler",
