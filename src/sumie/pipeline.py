@@ -50,7 +50,8 @@ class StableDiffusionPipeline:
         """Load a diffusers-format model folder (safety checker and feature extractor are not used)."""
         parts = load_folder(path, dtype=torch_dtype, device=device, variant=variant)
         return cls(vae=parts.vae, text_encoder=parts.text_encoder, tokenizer=parts.tokenizer, unet=parts.unet,
-                   scheduler=Scheduler.from_pretrained(Path(path), subfolder="scheduler"), source=parts.source)
+                   scheduler=Scheduler.from_folder_config(parts.scheduler_config, source=str(parts.source / "scheduler")),
+                   source=parts.source)
 
     # -- the diffusers object surface ---------------------------------------------------------------
     @property

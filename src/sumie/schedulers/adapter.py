@@ -65,10 +65,14 @@ class Scheduler:
     @classmethod
     def from_pretrained(cls, folder: str | Path, subfolder: str | None = None, **overrides) -> "Scheduler":
         path = Path(folder) / (subfolder or "") / "scheduler_config.json"
-        raw = read_json(path)
+        return cls.from_folder_config(read_json(path), source=str(path), **overrides)
+
+    @classmethod
+    def from_folder_config(cls, raw: dict, source: str = "scheduler_config.json", **overrides) -> "Scheduler":
+        """From a folder's scheduler_config.json contents; the base class picks the sampler by `_class_name`."""
         sampler_id = None if cls is not Scheduler else BY_DIFFUSERS_CLASS.get(raw.get("_class_name"))
         if cls is Scheduler and sampler_id is None:
-            raise ConfigError(f"{path}: scheduler class {raw.get('_class_name')!r} is not one sumie implements")
+            raise ConfigError(f"{source}: scheduler class {raw.get('_class_name')!r} is not one sumie implements")
         return cls(sampler_id, **{**raw, **overrides})
 
     def set_timesteps(self, num_inference_steps: int, device: str | torch.device | None = None) -> None:
