@@ -153,7 +153,8 @@ class StableDiffusionPipeline:
         self.interrupt = False
 
         def on_step(i, request):
-            bar.update(1) if bar.n < bar.total else None
+            if bar.n < bar.total:  # Heun calls the model twice per step
+                bar.update(1)
             if callback_on_step_end is not None:
                 callback_on_step_end(self, i, request.timestep, {"latents": request.sample})
             if self.interrupt:

@@ -51,6 +51,11 @@ def byte_to_unicode() -> dict[int, str]:
 
 
 @functools.lru_cache(maxsize=1)
+def unicode_to_byte() -> dict[str, int]:
+    return {c: b for b, c in byte_to_unicode().items()}
+
+
+@functools.lru_cache(maxsize=1)
 def clip_vocabulary() -> tuple[dict[str, int], list[tuple[str, str]]]:
     """-> (vocab, merges) of the standard CLIP tokenizer, derived from the shipped BPE file.
 
@@ -166,7 +171,7 @@ class CLIPTokenizer:
 
     def decode(self, ids: list[int]) -> str:
         """Token ids -> text (lower-cased, as the tokenizer saw it)."""
-        to_byte = {c: b for b, c in byte_to_unicode().items()}
+        to_byte = unicode_to_byte()
         text = "".join(self._tok.id_to_token(i) for i in ids if i not in (self.bos_token_id, self.eos_token_id))
         words = [bytes(to_byte.get(c, 32) for c in w).decode("utf-8", errors="replace") for w in text.split("</w>")]
         return " ".join(w for w in words if w)

@@ -78,23 +78,25 @@ class Scheduler:
     def set_timesteps(self, num_inference_steps: int, device: str | torch.device | None = None) -> None:
         self.sampling = Sampling.create(self.sampler_id, self._raw, num_inference_steps, karras=self.karras)
         self.num_inference_steps = num_inference_steps
-        self.timesteps = self._visited_timesteps().to(device or "cpu")
+        self.timesteps, self._scales = self._visit()
+        self.timesteps = self.timesteps.to(device or "cpu")
         self._sampler, self._request = None, None
         self._generator = None
 
-    def _visited_timesteps(self) -> torch.Tensor:
-        """Every timestep the model is called at, in order (Heun and PLMS visit some twice)."""
+    def _visit(self) -> tuple[torch.Tensor, dict[float, object]]:
+        """Dry-run the sampler on a dummy latent: every timestep the model is called at, in order (Heun and
+        PLMS visit some twice), and the model-input scale at each (a function of the schedule only)."""
         dummy = torch.zeros(1)
         sampler = self.sampling.start(dummy, lambda like: torch.zeros_like(like))
-        visited, request = [], next(sampler)
+        visited, scales, request = [], {}, next(sampler)
         while True:
             visited.append(float(request.timestep))
+            scales[float(request.timestep)] = request.scale
             try:
                 request = sampler.send(predict(dummy, request, "epsilon"))
             except StopIteration:
-                dtype = torch.int64 if all(v.is_integer() for v in visited) and self.sampler_id in (
-                    "pndm", "ddim", "ddpm", "dpm++2m", "dpm++2m-sde", "unipc") else torch.float32
-                return torch.tensor(visited, dtype=dtype)
+                integer = self.sampling.schedule.timesteps.dtype == torch.int64
+                return torch.tensor(visited, dtype=torch.int64 if integer else torch.float32), scales
 
     @property
     def init_noise_sigma(self) -> float:
@@ -105,6 +107,10 @@ class Scheduler:
         if self.sampling is None:
             raise InputError("call scheduler.set_timesteps(num_inference_steps) before sampling")
 
+    def _check_in_schedule(self, timestep) -> None:
+        if float(timestep) not in self._scales:
+            raise InputError(f"timestep {timestep!r} is not in this schedule; use the values of scheduler.timesteps")
+
     def _current(self, sample: torch.Tensor, timestep):
         self._require_timesteps()
         if self._sampler is None:
@@ -113,24 +119,16 @@ class Scheduler:
             self._request = next(self._sampler)
         if self._request is None:
             raise InputError("the schedule is finished; call set_timesteps again to sample anew")
-        t = float(timestep)
-        if t not in self.timesteps.tolist():
-            raise InputError(f"timestep {timestep!r} is not in this schedule; use the values of scheduler.timesteps")
-        if abs(t - float(self._request.timestep)) > 1e-4:
+        self._check_in_schedule(timestep)
+        if abs(float(timestep) - float(self._request.timestep)) > 1e-4:
             raise InputError(f"timestep {timestep!r} is out of order; expected {float(self._request.timestep):g}")
         return self._request
 
     def scale_model_input(self, sample: torch.Tensor, timestep) -> torch.Tensor:
         """The UNet's input for `sample` (any batch size, e.g. doubled for guidance) at `timestep`."""
-        if self._sampler is None:
-            return sample * self._first_scale(sample, timestep)
-        return sample * self._current(sample, timestep).scale
-
-    def _first_scale(self, sample, timestep):
-        # Before the first step the sampler is not started (its start needs the unbatched latent).
         self._require_timesteps()
-        probe = self.sampling.start(torch.zeros(1), lambda like: torch.zeros_like(like))
-        return next(probe).scale
+        self._check_in_schedule(timestep)
+        return sample * self._scales[float(timestep)]
 
     def step(self, model_output: torch.Tensor, timestep, sample: torch.Tensor,
              generator: torch.Generator | None = None, return_dict: bool = True):
