@@ -1,10 +1,29 @@
-"""Image helpers: grids (and, later, A1111-style PNG metadata)."""
+"""Images out of the pipeline: grids, atomic PNG writes, and AUTOMATIC1111's `parameters` metadata.
+
+The `parameters` text chunk (AUTOMATIC1111's format, read by most SD tools):
+
+    a photograph of an astronaut riding a horse
+    Negative prompt: blurry
+    Steps: 20, Sampler: Euler a, Schedule type: Karras, CFG scale: 7.5, Seed: 42, Size: 512x768, ...
+
+`Size` is width x height. The last line holds `key: value` pairs; values with commas are quoted.
+"""
 
 from __future__ import annotations
 
-from PIL import Image
+import json
+import os
+import re
+import tempfile
+from pathlib import Path
+
+from PIL import Image, PngImagePlugin
 
 from .errors import InputError
+
+NEGATIVE = "Negative prompt: "
+# key: value pairs of the last line; a value is a JSON-quoted string or runs to the next comma
+_PAIR = re.compile(r'\s*([\w][\w \-/+]*):\s*("(?:\\.|[^\\"])*"|[^,]*)(?:,|$)')
 
 
 def image_grid(images: list[Image.Image], rows: int, cols: int) -> Image.Image:
@@ -16,3 +35,68 @@ def image_grid(images: list[Image.Image], rows: int, cols: int) -> Image.Image:
     for i, im in enumerate(images):
         grid.paste(im, box=(i % cols * w, i // cols * h))
     return grid
+
+
+def _quote(value) -> str:
+    text = str(value)
+    return json.dumps(text, ensure_ascii=False) if any(c in text for c in ',:"\n') else text
+
+
+def format_parameters(prompt: str, negative_prompt: str = "", **fields) -> str:
+    """The A1111 `parameters` text. `fields` in order, e.g. Steps=20, Sampler="Euler a", CFG_scale=7.5;
+    underscores in keys become spaces."""
+    lines = [prompt]
+    if negative_prompt:
+        lines.append(NEGATIVE + negative_prompt)
+    lines.append(", ".join(f"{k.replace('_', ' ')}: {_quote(v)}" for k, v in fields.items() if v is not None))
+    return "\n".join(lines)
+
+
+def parse_parameters(text: str) -> dict[str, str]:
+    """The A1111 `parameters` text -> {"Prompt", "Negative prompt", "Steps", "Sampler", ...} (values as text)."""
+    lines = text.strip("\n").split("\n")
+    found = _PAIR.findall(lines[-1])
+    pairs = {k: json.loads(v) if v.startswith('"') else v.strip() for k, v in found} if len(found) >= 3 else {}
+    body = lines[:-1] if pairs else lines
+    prompt, negative, in_negative = [], [], False
+    for line in body:
+        if line.startswith(NEGATIVE):
+            in_negative, line = True, line[len(NEGATIVE):]
+        (negative if in_negative else prompt).append(line)
+    return {"Prompt": "\n".join(prompt), "Negative prompt": "\n".join(negative), **pairs}
+
+
+def save_png(image: Image.Image, path: str | Path, parameters: str | None = None, *, overwrite: bool = False) -> Path:
+    """Write a PNG atomically (a temp file in the same folder, then a rename or link), with the `parameters`
+    chunk. Without `overwrite`, an existing file raises FileExistsError and is left untouched."""
+    path = Path(path)
+    info = PngImagePlugin.PngInfo()
+    if parameters is not None:
+        info.add_text("parameters", parameters)
+    fd, tmp = tempfile.mkstemp(prefix=".tmp-", suffix=".png", dir=path.parent)
+    try:
+        with os.fdopen(fd, "wb") as f:
+            image.save(f, format="PNG", pnginfo=info)
+        if overwrite:
+            os.replace(tmp, path)
+        else:
+            os.link(tmp, path)  # fails if `path` exists: never overwrites
+    finally:
+        if os.path.exists(tmp) and (not overwrite or os.path.exists(path)):
+            os.unlink(tmp)
+    return path
+
+
+def read_parameters(path: str | Path) -> str:
+    """The `parameters` text stored in a PNG (InputError when the file has none or is not an image)."""
+    path = Path(path)
+    if not path.is_file():
+        raise InputError(f"{path} does not exist or is not a file")
+    try:
+        with Image.open(path) as im:
+            text = im.info.get("parameters")
+    except (OSError, Image.DecompressionBombError, SyntaxError, ValueError) as e:
+        raise InputError(f"{path} is not a readable image ({e})") from None
+    if not text:
+        raise InputError(f"{path} has no generation parameters (no 'parameters' PNG text chunk)")
+    return text

@@ -172,21 +172,29 @@ COMPONENTS = {
 }
 
 
-def load_component(folder: str | Path, name: str, *, dtype=None, device="cpu", variant: str | None = None):
+def load_component(folder: str | Path, name: str, *, dtype=None, device="cpu", variant: str | None = None,
+                   model_cls=None):
     """Load `folder/name` (e.g. `unet`) of a diffusers model folder into a sumie model."""
-    from .text_encoder import CLIPTextModel
-    from .unet import UNet2DConditionModel
-    from .vae import AutoencoderKL
-
-    classes = {"text_encoder": CLIPTextModel, "unet": UNet2DConditionModel, "vae": AutoencoderKL}
-    config_cls, stem, rename = COMPONENTS[name]
     sub = Path(folder) / name
     if not sub.is_dir():
         raise WeightsError(f"{folder} has no {name}/ subfolder; a diffusers Stable Diffusion folder has "
                            f"text_encoder/, tokenizer/, unet/, vae/ and scheduler/")
+    return load_component_dir(sub, name, dtype=dtype, device=device, variant=variant, model_cls=model_cls)
+
+
+def load_component_dir(sub: Path, kind: str, *, dtype=None, device="cpu", variant=None, model_cls=None):
+    """Load one component folder (config.json + weights) of `kind` text_encoder / unet / vae."""
+    from .text_encoder import CLIPTextModel
+    from .unet import UNet2DConditionModel
+    from .vae import AutoencoderKL
+
+    model_cls = model_cls or {"text_encoder": CLIPTextModel, "unet": UNet2DConditionModel, "vae": AutoencoderKL}[kind]
+    config_cls, stem, rename = COMPONENTS[kind]
+    if not sub.is_dir():
+        raise WeightsError(f"{sub} is not a folder; expected a {kind} folder with config.json and weights")
     config = config_cls.from_dict(read_json(sub / "config.json"), source=str(sub / "config.json"))
     state = rename(read_weight_files(find_weight_files(sub, stem, variant)))
-    return build(classes[name], config, state, source=str(sub), dtype=dtype, device=device)
+    return build(model_cls, config, state, source=str(sub), dtype=dtype, device=device)
 
 
 @dataclass
@@ -220,3 +228,15 @@ def load_folder(folder: str | Path, *, dtype=None, device="cpu", variant: str | 
     return Components(tokenizer=CLIPTokenizer.from_folder(folder / "tokenizer"),
                       scheduler_config=read_json(folder / "scheduler" / "scheduler_config.json"),
                       source=folder, **models)
+
+
+def model_hash(folder: str | Path) -> str:
+    """First 10 hex digits of the SHA-256 of the UNet weights, as AUTOMATIC1111's "Model hash" (its
+    checkpoint hash covers the whole file; a diffusers folder has no single file, so we hash the UNet's)."""
+    import hashlib
+    digest = hashlib.sha256()
+    for path in find_weight_files(Path(folder) / "unet", "diffusion_pytorch_model"):
+        with open(path, "rb") as f:
+            while chunk := f.read(1 << 24):
+                digest.update(chunk)
+    return digest.hexdigest()[:10]

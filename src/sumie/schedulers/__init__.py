@@ -138,6 +138,16 @@ def describe() -> list[tuple[str, str]]:
     return [(i, f"{s.summary} [A1111: {s.a1111}]") for i, s in SAMPLERS.items()]
 
 
+def from_a1111(name: str) -> tuple[str, bool]:
+    """An AUTOMATIC1111 sampler name ("Euler a", or the old combined "DPM++ 2M Karras") -> (id, karras)."""
+    karras = name.endswith(" Karras")
+    base = name[: -len(" Karras")] if karras else name
+    for sampler_id, spec in SAMPLERS.items():
+        if spec.a1111.lower() == base.strip().lower():
+            return sampler_id, karras
+    raise InputError(f"unknown sampler {name!r}; choose one of: {', '.join(s.a1111 for s in SAMPLERS.values())}")
+
+
 def parse_config(raw: dict, sampler_id: str, *, karras: bool = False) -> SchedulerConfig:
     """The config `sampler_id` runs with, given a folder's scheduler_config.json (see module docstring)."""
     spec = spec_for(sampler_id)
@@ -199,5 +209,5 @@ class Sampling:
         return spec.fn(x, self.schedule, noise, **kwargs)
 
 
-__all__ = ["Eval", "IDS", "Prediction", "SAMPLERS", "Sampling", "Schedule", "SchedulerConfig", "describe",
+__all__ = ["Eval", "IDS", "Prediction", "SAMPLERS", "Sampling", "Schedule", "SchedulerConfig", "describe", "from_a1111",
            "parse_config", "predict", "randn", "run", "spec_for"]

@@ -22,6 +22,7 @@ import torch
 from ..config import read_json
 from ..errors import ConfigError, InputError
 from . import BY_DIFFUSERS_CLASS, Sampling, parse_config, predict, randn, spec_for
+from .schedule import alphas_cumprod_for, sigma_schedule, train_sigmas
 
 
 class FrozenConfig(dict):
@@ -49,9 +50,12 @@ class Scheduler:
         self.sampler_id = sampler_id or type(self).sampler_id
         spec_for(self.sampler_id)
         self.karras = karras
-        raw = {k: v for k, v in config.items() if not k.startswith("_")}
-        self.config = FrozenConfig({**parse_config(raw, self.sampler_id, karras=karras).__dict__, **raw,
-                                    "_class_name": spec_for(self.sampler_id).diffusers})
+        defaults = set(config.get("_use_default_values", ()))
+        raw = {k: v for k, v in config.items() if not k.startswith("_") and k not in defaults}
+        parsed = parse_config(raw, self.sampler_id, karras=karras).__dict__
+        # As in diffusers, fields filled by default are listed so that from_config does not pass them on.
+        self.config = FrozenConfig({**parsed, **raw, "_class_name": spec_for(self.sampler_id).diffusers,
+                                    "_use_default_values": [k for k in parsed if k not in raw]})
         self._raw = raw
         self.order = spec_for(self.sampler_id).order
         self.sampling: Sampling | None = None
@@ -60,7 +64,9 @@ class Scheduler:
     @classmethod
     def from_config(cls, config, sampler_id: str | None = None, **overrides) -> "Scheduler":
         """Build from another scheduler's `.config` or a config dict, keeping its schedule fields."""
-        return cls(sampler_id, **{**dict(config), **overrides})
+        merged = {**dict(config), **overrides}
+        merged["_use_default_values"] = [k for k in config.get("_use_default_values", ()) if k not in overrides]
+        return cls(sampler_id, **merged)
 
     @classmethod
     def from_pretrained(cls, folder: str | Path, subfolder: str | None = None, **overrides) -> "Scheduler":
@@ -100,8 +106,15 @@ class Scheduler:
 
     @property
     def init_noise_sigma(self) -> float:
-        self._require_timesteps()
-        return self.sampling.init_noise_sigma
+        """The start latent's noise scale. Before set_timesteps it is diffusers' value for the full
+        1000-step training schedule (the tutorial reads it then)."""
+        if self.sampling is not None:
+            return self.sampling.init_noise_sigma
+        if spec_for(self.sampler_id).schedule is not sigma_schedule:
+            return 1.0
+        cfg = parse_config(self._raw, self.sampler_id, karras=self.karras)
+        top = float(train_sigmas(alphas_cumprod_for(cfg)).max())
+        return top if cfg.timestep_spacing in ("linspace", "trailing") else (top ** 2 + 1) ** 0.5
 
     def _require_timesteps(self):
         if self.sampling is None:
@@ -145,9 +158,7 @@ class Scheduler:
 
     def add_noise(self, original: torch.Tensor, noise: torch.Tensor, timesteps: torch.Tensor) -> torch.Tensor:
         """q(x_t | x0) at the given training timesteps (Ho et al. 2020, eq. 4), in VP space."""
-        ac = self.sampling.schedule.alphas_cumprod if self.sampling else None
-        if ac is None:
-            from .schedule import alphas_cumprod_for
-            ac = alphas_cumprod_for(parse_config(self._raw, self.sampler_id))
+        ac = self.sampling.schedule.alphas_cumprod if self.sampling else \
+            alphas_cumprod_for(parse_config(self._raw, self.sampler_id))
         a = ac[timesteps.long().cpu()].to(original.device, original.dtype).reshape(-1, *[1] * (original.ndim - 1))
         return a ** 0.5 * original + (1 - a) ** 0.5 * noise

@@ -1,0 +1,99 @@
+"""The `sumie` CLI through a real subprocess: files, metadata, --params-from, errors, Ctrl-C."""
+
+import os
+import signal
+import subprocess
+import sys
+import time
+
+import numpy as np
+import pytest
+from PIL import Image
+
+from sumie.images import parse_parameters, read_parameters
+
+
+def sumie(*args, cwd=None):
+    return subprocess.run([sys.executable, "-m", "sumie.cli", *map(str, args)], capture_output=True, text=True,
+                          cwd=cwd, timeout=300)
+
+
+def test_generate_files_metadata_and_params_from(sd1_folder, tmp_path):
+    out = tmp_path / "out"
+    common = ["--model", sd1_folder, "--steps", 2, "--height", 32, "--width", 48, "--outdir", out, "--quiet"]
+    r = sumie("generate", "a red circle, top left", "--negative-prompt", "blurry", "--seed", 5, "--n", 2, "--grid",
+              *common)
+    assert r.returncode == 0, r.stderr
+    paths = r.stdout.strip().splitlines()
+    assert [os.path.basename(p) for p in paths] == ["00000-5.png", "00001-6.png", "00002-grid.png"]
+    meta = parse_parameters(read_parameters(paths[1]))
+    assert meta["Prompt"] == "a red circle, top left" and meta["Negative prompt"] == "blurry"
+    assert (meta["Steps"], meta["Sampler"], meta["Seed"], meta["Size"]) == ("2", "PLMS", "6", "48x32")
+    assert meta["CFG scale"] == "7.5" and meta["Version"].startswith("sumie ") and len(meta["Model hash"]) == 10
+    assert Image.open(paths[2]).size == (96, 32)
+
+    info = sumie("info", paths[1])
+    assert info.returncode == 0 and info.stdout.startswith("a red circle, top left\nNegative prompt: blurry\nSteps: 2")
+
+    again = sumie("generate", "--params-from", paths[1], "--model", sd1_folder, "--outdir", out, "--quiet")
+    assert again.returncode == 0, again.stderr
+    [path] = again.stdout.strip().splitlines()
+    assert os.path.basename(path) == "00003-6.png"  # numbering continues; nothing is overwritten
+    assert np.array_equal(np.asarray(Image.open(path)), np.asarray(Image.open(paths[1])))
+    override = sumie("generate", "--params-from", paths[1], "--steps", 3, "--scheduler", "euler", "--karras",
+                     "--model", sd1_folder, "--outdir", out, "--quiet")
+    meta = parse_parameters(read_parameters(override.stdout.strip()))
+    assert (meta["Steps"], meta["Sampler"], meta["Schedule type"], meta["Seed"]) == ("3", "Euler", "Karras", "6")
+    assert not [p for p in os.listdir(out) if p.startswith(".tmp")]
+
+
+@pytest.mark.parametrize("args,needle", [
+    (["x", "--height", 500], "height must be a multiple of 8 (got 500); try 496 or 504"),
+    (["x", "--steps", 0], "num_inference_steps must be an integer >= 1"),
+    (["x", "--scheduler", "nope"], "unknown scheduler 'nope'"),
+    (["x", "--guidance", "nan"], "guidance_scale must be a finite number"),
+    (["x", "--n", 65], "--n must be from 1 to 64"),
+    (["x", "--steps", "many"], "expected an integer"),
+    (["x", "--device", "cuda"], "no CUDA GPU"),
+    ([], "give a prompt"),
+])
+def test_generate_errors_are_one_line(sd1_folder, tmp_path, args, needle):
+    r = sumie("generate", *args, "--model", sd1_folder, "--outdir", tmp_path, "--quiet")
+    assert r.returncode == 2
+    assert needle in r.stderr and "Traceback" not in r.stderr
+    assert len(r.stderr.strip().splitlines()) == 1, r.stderr
+
+
+@pytest.mark.parametrize("args,needle", [
+    (["generate", "x", "--model", "/no/such/model"], "does not exist"),
+    (["generate", "x"], "no model given"),
+    (["info", "/no/such.png"], "does not exist"),
+])
+def test_other_errors(tmp_path, args, needle):
+    r = sumie(*args)
+    assert r.returncode == 2 and needle in r.stderr and "Traceback" not in r.stderr
+    assert len(r.stderr.strip().splitlines()) == 1
+
+
+def test_info_without_parameters(tmp_path):
+    Image.new("RGB", (8, 8)).save(tmp_path / "plain.png")
+    r = sumie("info", tmp_path / "plain.png")
+    assert r.returncode == 2 and "no generation parameters" in r.stderr
+
+
+def test_ctrl_c_keeps_finished_files_and_leaves_no_partial(sd1_folder, tmp_path):
+    out = tmp_path / "out"
+    proc = subprocess.Popen([sys.executable, "-m", "sumie.cli", "generate", "x", "--model", str(sd1_folder),
+                             "--steps", "400", "--height", "64", "--width", "64", "--n", "5", "--seed", "1",
+                             "--outdir", str(out), "--quiet"], stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+                            text=True)
+    first = proc.stdout.readline().strip()  # blocks until the first image is written
+    time.sleep(0.3)
+    proc.send_signal(signal.SIGINT)
+    rest, err = proc.communicate(timeout=120)
+    assert proc.returncode == 130, err
+    written = [first] + rest.split()
+    assert sorted(os.listdir(out)) == sorted(os.path.basename(p) for p in written)
+    assert len(written) < 5
+    for p in written:
+        Image.open(p).verify()
