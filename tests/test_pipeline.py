@@ -86,3 +86,34 @@ def test_image_grid(sd1_folder):
     assert grid.crop((48, 0, 96, 32)).tobytes() == images[1].tobytes()
     with pytest.raises(InputError, match="rows \\* cols = 4"):
         image_grid(images, rows=2, cols=2)
+
+
+def test_callback_interrupt_and_scheduler_swap(sd1_folder):
+    from sumie.compat import EulerDiscreteScheduler
+    pipe = StableDiffusionPipeline.from_pretrained(sd1_folder)
+    pipe.set_progress_bar_config(disable=True)
+    seen = []
+
+    def callback(p, i, t, kwargs):
+        seen.append((i, float(t), kwargs["latents"].shape))
+        if i == 1:
+            p._interrupt = True
+        return kwargs
+
+    stopped = pipe("x", num_inference_steps=5, seed=3, output_type="latent", callback_on_step_end=callback).images
+    assert [s[0] for s in seen] == [0, 1] and seen[0][2] == (1, 4, 16, 16)
+    full = pipe("x", num_inference_steps=5, seed=3, output_type="latent").images
+    assert not torch.allclose(stopped, full)
+
+    pipe.scheduler = EulerDiscreteScheduler.from_config(pipe.scheduler.config)
+    swapped = pipe("x", num_inference_steps=3, seed=3, output_type="np").images
+    named = pipe("x", num_inference_steps=3, seed=3, scheduler="euler", output_type="np").images
+    assert np.array_equal(swapped, named)
+
+
+def test_long_prompt_warns_with_dropped_words(sd1_folder):
+    from sumie.tokenizer import TruncationWarning
+    pipe = StableDiffusionPipeline.from_pretrained(sd1_folder)
+    pipe.set_progress_bar_config(disable=True)
+    with pytest.warns(TruncationWarning, match="purple elephant"):
+        pipe("a " * 75 + "purple elephant", num_inference_steps=1, height=16, width=16)

@@ -25,6 +25,11 @@ MAX_SIDE = 4096
 MAX_IMAGES = 64
 
 
+class _Interrupted(Exception):
+    def __init__(self, latents: torch.Tensor):
+        self.latents = latents
+
+
 @dataclass
 class PipelineOutput:
     images: list | np.ndarray | torch.Tensor
@@ -41,7 +46,7 @@ class StableDiffusionPipeline:
         self.scheduler = scheduler
         self.source = source
         self.max_side = MAX_SIDE
-        self.interrupt = False
+        self._interrupt = False
         self._progress = {}
 
     @classmethod
@@ -76,6 +81,12 @@ class StableDiffusionPipeline:
 
     def set_progress_bar_config(self, **kwargs) -> None:
         self._progress = kwargs
+
+    @property
+    def interrupt(self) -> bool:
+        """Set `pipe._interrupt = True` (e.g. in callback_on_step_end) to stop sampling after the current
+        step; the latents reached so far are decoded and returned, as in diffusers."""
+        return self._interrupt
 
     @property
     def vae_scale_factor(self) -> int:
@@ -150,19 +161,21 @@ class StableDiffusionPipeline:
             return out_uncond + guidance_scale * (out_cond - out_uncond)
 
         bar = tqdm(total=len(sampling.schedule), **{"disable": False, **self._progress})
-        self.interrupt = False
+        self._interrupt = False
 
-        def on_step(i, request):
+        def on_step(i, t, latents):
             if bar.n < bar.total:  # Heun calls the model twice per step
                 bar.update(1)
             if callback_on_step_end is not None:
-                callback_on_step_end(self, i, request.timestep, {"latents": request.sample})
+                callback_on_step_end(self, i, t, {"latents": latents})
             if self.interrupt:
-                raise KeyboardInterrupt
+                raise _Interrupted(latents)
 
         noise = lambda like: randn(like.shape, generator, like.device)
         try:
             x = run(sampling.start(x, noise), model, sampling.prediction_type, on_step)
+        except _Interrupted as stop:
+            x = stop.latents
         finally:
             bar.close()
         if output_type == "latent":

@@ -59,18 +59,23 @@ def predict(output: torch.Tensor, request: Eval, prediction_type: str, sample: t
 
 
 def run(sampler: Sampler, model: Callable[[torch.Tensor, object], torch.Tensor], prediction_type: str,
-        on_step: Callable[[int, Eval], None] | None = None) -> torch.Tensor:
-    """Drive `sampler` to the end: model(model_input, timestep) -> raw UNet output."""
+        on_step: Callable[[int, object, torch.Tensor], None] | None = None) -> torch.Tensor:
+    """Drive `sampler` to the end: model(model_input, timestep) -> raw UNet output.
+
+    on_step(i, timestep, latents) runs after each model call, with the sample the sampler moved to."""
     request, i = next(sampler), 0
     while True:
         prediction = predict(model(request.sample * request.scale, request.timestep), request, prediction_type)
-        if on_step is not None:
-            on_step(i, request)
-        i += 1
+        t = request.timestep
         try:
             request = sampler.send(prediction)
         except StopIteration as done:
+            if on_step is not None:
+                on_step(i, t, done.value)
             return done.value
+        if on_step is not None:
+            on_step(i, t, request.sample)
+        i += 1
 
 
 def randn(shape, generator: torch.Generator | list | None, device, dtype=torch.float32) -> torch.Tensor:
