@@ -117,3 +117,29 @@ def test_long_prompt_warns_with_dropped_words(sd1_folder):
     pipe.set_progress_bar_config(disable=True)
     with pytest.warns(TruncationWarning, match="purple elephant"):
         pipe("a " * 75 + "purple elephant", num_inference_steps=1, height=16, width=16)
+
+
+def test_single_generator_equals_diffusers(sd1_folder):
+    """One generator for a whole batch draws all latents at once, as diffusers does."""
+    import diffusers
+    pipe = StableDiffusionPipeline.from_pretrained(sd1_folder)
+    pipe.set_progress_bar_config(disable=True)
+    ref = diffusers.StableDiffusionPipeline.from_pretrained(sd1_folder, safety_checker=None)
+    ref.set_progress_bar_config(disable=True)
+    kw = dict(prompt="a cat", num_images_per_prompt=2, num_inference_steps=3, output_type="np")
+    ours = pipe(**kw, generator=torch.Generator().manual_seed(7)).images
+    theirs = ref(**kw, generator=torch.Generator().manual_seed(7)).images
+    assert np.abs(np.round(ours * 255) - np.round(theirs * 255)).max() <= 2
+    assert not np.allclose(ours[0], ours[1])
+
+
+@pytest.mark.parametrize("dtype,mean_levels", [(torch.float16, 1.0), (torch.bfloat16, 4.0)])
+def test_half_precision_pipeline_close_to_float32(sd1_folder, dtype, mean_levels):
+    """Same seed, same image up to precision: the noise is drawn in float32 on the CPU whatever the dtype."""
+    half = StableDiffusionPipeline.from_pretrained(sd1_folder, torch_dtype=dtype)
+    full = StableDiffusionPipeline.from_pretrained(sd1_folder)
+    for p in (half, full):
+        p.set_progress_bar_config(disable=True)
+    a = half("a cat", num_inference_steps=3, seed=1, output_type="np").images
+    b = full("a cat", num_inference_steps=3, seed=1, output_type="np").images
+    assert np.isfinite(a).all() and np.abs(a - b).mean() * 255 < mean_levels
