@@ -92,7 +92,7 @@ def cmd_generate(args) -> int:
     if "prompt" not in settings:
         raise InputError("give a prompt: sumie generate \"a red circle on a blue background\"")
     if not settings.get("model"):
-        raise InputError("no model given: pass --model PATH to a diffusers model folder "
+        raise InputError("no model given: pass --model with a diffusers folder, hub-cache id or .safetensors file "
                          "(the embedded model is not available yet)")
     if not 1 <= settings["n"] <= 64:
         raise InputError(f"--n must be from 1 to 64 (got {settings['n']})")
@@ -100,13 +100,15 @@ def cmd_generate(args) -> int:
         raise InputError(f"--seed must be from 0 to 2**63-1 (got {settings['seed']})")
     device, dtype = _device_and_dtype(settings.get("device", "cpu"), settings.get("dtype", "float32"))
     seed = settings.get("seed", secrets.randbelow(2 ** 32))
-    pipe = StableDiffusionPipeline.from_pretrained(settings["model"], torch_dtype=dtype).to(device)
+    pipe = StableDiffusionPipeline.from_pretrained(
+        settings["model"], torch_dtype=dtype, vae=settings.get("vae"), config=settings.get("config"),
+        prediction_type=settings.get("prediction_type"), allow_pickle=args.allow_pickle).to(device)
     pipe.set_progress_bar_config(disable=args.quiet)
     scheduler = settings.get("scheduler", pipe.scheduler.sampler_id)
     spec_for(scheduler)
     outdir = Path(settings.get("outdir", "outputs"))
     outdir.mkdir(parents=True, exist_ok=True)
-    model_name, hash_ = Path(settings["model"]).resolve().name, model_hash(settings["model"])
+    model_name, hash_ = Path(pipe.source).name, model_hash(pipe.source)
 
     images = []
     for i in range(settings["n"]):
@@ -125,6 +127,23 @@ def cmd_generate(args) -> int:
         grid = image_grid([im for im, _ in images], rows=1, cols=len(images))
         print(_save_numbered(outdir, "grid", grid, images[0][1], save_png), flush=True)
     return 0
+
+
+def cmd_convert(args) -> int:
+    from .weights import convert
+    _, dtype = _device_and_dtype("cpu", args.dtype or "float32")
+    print(convert(args.src, args.dst, dtype=dtype if args.dtype else None, allow_pickle=args.allow_pickle,
+                  config=args.config, prediction_type=args.prediction_type))
+    return 0
+
+
+def _model_options(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--config", metavar="FOLDER_OR_ID",
+                   help="single files: take the component configs from this diffusers folder")
+    p.add_argument("--prediction-type", dest="prediction_type", choices=["epsilon", "v_prediction"],
+                   help="override the model's prediction type (SD 2 single files default to v_prediction)")
+    p.add_argument("--allow-pickle", dest="allow_pickle", action="store_true",
+                   help="allow .ckpt/.bin pickles (tensors only, via torch.load(weights_only=True))")
 
 
 def _save_numbered(outdir: Path, suffix: str, image, text: str, save_png) -> Path:
@@ -154,7 +173,9 @@ def build_parser() -> argparse.ArgumentParser:
 
     g = sub.add_parser("generate", help="generate images from a prompt")
     g.add_argument("prompt", nargs="?")
-    g.add_argument("--model", help="a diffusers model folder")
+    g.add_argument("--model", help="a diffusers folder, a model id in the local Hugging Face cache, or a "
+                                    "single .safetensors checkpoint")
+    g.add_argument("--vae", help="a separate VAE: a single file or a diffusers vae folder")
     g.add_argument("--negative-prompt", dest="negative_prompt")
     g.add_argument("--steps", type=_int)
     g.add_argument("--guidance", type=float, help="classifier-free guidance scale (default 7.5; <= 1 turns it off)")
@@ -171,7 +192,15 @@ def build_parser() -> argparse.ArgumentParser:
     g.add_argument("--params-from", dest="params_from", metavar="IMAGE.png",
                    help="re-create an image from its stored parameters; other options override them")
     g.add_argument("--quiet", action="store_true", help="no progress bar")
+    _model_options(g)
     g.set_defaults(func=cmd_generate)
+
+    c = sub.add_parser("convert", help="convert between a diffusers folder and a single .safetensors file")
+    c.add_argument("src", help="a diffusers folder, hub-cache id, or single-file checkpoint")
+    c.add_argument("dst", help="a new .safetensors file (single file) or a new folder (diffusers layout)")
+    c.add_argument("--dtype", choices=sorted(DTYPES), help="store the weights in this dtype (default: as read)")
+    _model_options(c)
+    c.set_defaults(func=cmd_convert)
     return parser
 
 

@@ -90,6 +90,8 @@ def save_png(image: Image.Image, path: str | Path, parameters: str | None = None
 def read_parameters(path: str | Path) -> str:
     """The `parameters` text stored in a PNG (InputError when the file has none or is not an image)."""
     path = Path(path)
+    if path.is_dir():
+        raise InputError(f"{path} is a folder; expected a PNG file")
     if not path.is_file():
         raise InputError(f"{path} does not exist or is not a file")
     try:

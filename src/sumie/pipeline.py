@@ -19,7 +19,7 @@ from tqdm.auto import tqdm
 from .errors import InputError, NumericalError
 from .schedulers import Sampling, randn, run
 from .schedulers.adapter import FrozenConfig, Scheduler
-from .weights import load_folder
+from .weights import load_model
 
 MAX_SIDE = 4096
 MAX_IMAGES = 64
@@ -51,12 +51,18 @@ class StableDiffusionPipeline:
 
     @classmethod
     def from_pretrained(cls, path: str | Path, torch_dtype: torch.dtype | None = None, variant: str | None = None,
-                        device: str | torch.device = "cpu", **_ignored) -> "StableDiffusionPipeline":
-        """Load a diffusers-format model folder (safety checker and feature extractor are not used)."""
-        parts = load_folder(path, dtype=torch_dtype, device=device, variant=variant)
+                        device: str | torch.device = "cpu", *, revision: str | None = None, vae=None,
+                        config=None, prediction_type: str | None = None, allow_pickle: bool = False,
+                        **_ignored) -> "StableDiffusionPipeline":
+        """Load a diffusers folder, a model id from the local Hugging Face cache, or a single-file
+        checkpoint (see `weights.load_model`). The safety checker and feature extractor are not used."""
+        parts = load_model(path, dtype=torch_dtype, device=device, variant=variant, revision=revision, vae=vae,
+                           config=config, prediction_type=prediction_type, allow_pickle=allow_pickle)
         return cls(vae=parts.vae, text_encoder=parts.text_encoder, tokenizer=parts.tokenizer, unet=parts.unet,
-                   scheduler=Scheduler.from_folder_config(parts.scheduler_config, source=str(parts.source / "scheduler")),
+                   scheduler=Scheduler.from_folder_config(parts.scheduler_config, source=str(parts.source)),
                    source=parts.source)
+
+    from_single_file = from_pretrained
 
     # -- the diffusers object surface ---------------------------------------------------------------
     @property
