@@ -218,3 +218,23 @@ def test_full_size_single_files_are_detected(version, tmp_path):
     if v2:
         base = load_model(path, prediction_type="epsilon")
         assert base.scheduler_config["prediction_type"] == "epsilon" and base.unet.config.sample_size == 64
+
+
+def test_cli_convert_both_ways(sd1_folder, tmp_path):
+    run = lambda *a: subprocess.run([sys.executable, "-m", "sumie.cli", *map(str, a)], capture_output=True, text=True)
+    r = run("convert", sd1_folder, tmp_path / "m.safetensors", "--dtype", "bf16")
+    assert r.returncode == 0 and r.stdout.strip() == str(tmp_path / "m.safetensors"), r.stderr
+    assert load_file(tmp_path / "m.safetensors")["model.diffusion_model.out.2.weight"].dtype == torch.bfloat16
+    r = run("convert", tmp_path / "m.safetensors", tmp_path / "folder", "--config", sd1_folder)
+    assert r.returncode == 0, r.stderr
+    back = load_model(tmp_path / "folder")
+    assert back.unet.conv_out.weight.dtype == torch.bfloat16
+    again = run("convert", sd1_folder, tmp_path / "m.safetensors")
+    assert again.returncode == 2 and "already exists" in again.stderr
+    assert sorted(os.listdir(tmp_path)) == ["folder", "m.safetensors"]  # no temp files left
+
+
+def test_sd2_base_pickle_is_epsilon(single_files, sd2_folder, tmp_path):
+    torch.save({"state_dict": load_file(single_files["sd2"]), "global_step": 875000}, tmp_path / "base.ckpt")
+    parts = load_model(tmp_path / "base.ckpt", allow_pickle=True, config=sd2_folder)
+    assert parts.scheduler_config["prediction_type"] == "epsilon"

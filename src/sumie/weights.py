@@ -426,10 +426,14 @@ def read_checkpoint(path: str | Path, *, allow_pickle: bool = False) -> dict[str
         reason = found.group(0) if found else (str(e).strip().splitlines() or [type(e).__name__])[0][:160]
         raise WeightsError(f"{path} was refused: it is not a plain tensor pickle ({reason}); nothing in it was run") \
             from None
+    step = data.get("global_step") if isinstance(data, dict) else None
     data = data.get("state_dict", data) if isinstance(data, dict) else data
     if not isinstance(data, dict):
         raise WeightsError(f"{path} does not hold a state dict")
-    return {k: v for k, v in data.items() if isinstance(v, torch.Tensor)}
+    tensors = {k: v for k, v in data.items() if isinstance(v, torch.Tensor)}
+    if isinstance(step, int):
+        tensors["global_step"] = torch.tensor(step)  # tells SD 2 base (epsilon) from SD 2 768-v
+    return tensors
 
 
 def _with_ema(state: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
@@ -549,13 +553,16 @@ def load_single_file(path: str | Path, *, dtype=None, device="cpu", allow_pickle
     from .vae import AutoencoderKL
 
     path = Path(path)
-    parts = split_components(_with_ema(read_checkpoint(path, allow_pickle=allow_pickle)))
+    state = _with_ema(read_checkpoint(path, allow_pickle=allow_pickle))
+    parts = split_components(state)
     missing = [k for k in ("unet", "vae") if k not in parts] + ([] if {"text_encoder", "open_clip"} & set(parts)
                                                                  else ["text encoder"])
     if missing:
         raise WeightsError(f"{path} is not a Stable Diffusion 1.x/2.x checkpoint: no {', '.join(missing)} weights "
                            f"(expected keys under model.diffusion_model., first_stage_model., cond_stage_model.)")
     v2 = "open_clip" in parts
+    if v2 and prediction_type is None and int(state.get("global_step", -1)) == 875000:
+        prediction_type = "epsilon"  # the SD 2.0/2.1 *base* checkpoints stop at this step (diffusers' rule)
     if config is not None:
         folder = resolve_folder(config)
         ucfg, vcfg, tcfg = (cls.from_dict(read_json(folder / name / "config.json"), source=str(folder / name))
