@@ -27,7 +27,11 @@ def timestep_embedding(t: torch.Tensor, dim: int, *, flip_sin_to_cos: bool, freq
 
 
 class Attention(nn.Module):
-    """Multi-head attention, self (context=None) or cross (Vaswani et al. 2017, eq. 1)."""
+    """Multi-head attention, self (context=None) or cross (Vaswani et al. 2017, eq. 1).
+
+    `slice_size` (queries per chunk, None = all at once) trades speed for peak memory."""
+
+    slice_size: int | None = None
 
     def __init__(self, dim: int, *, heads: int, context_dim: int | None = None, qkv_bias: bool = False,
                  upcast: bool = False):
@@ -46,10 +50,13 @@ class Attention(nn.Module):
         q, k, v = (t.view(B, -1, self.heads, C // self.heads).transpose(1, 2)  # (B, heads, N|M, hd)
                    for t in (self.to_q(x), self.to_k(context), self.to_v(context)))
         if self.upcast and q.dtype in (torch.float16, torch.bfloat16):  # SD 2.1: fp16 softmax overflows
-            out = F.scaled_dot_product_attention(q.float(), k.float(), v.float()).to(q.dtype)
+            q, k, v = q.float(), k.float(), v.float()
+        if self.slice_size and N > self.slice_size:  # bound the (N, M) score matrix: queries in chunks
+            out = torch.cat([F.scaled_dot_product_attention(q[:, :, i:i + self.slice_size], k, v)
+                             for i in range(0, N, self.slice_size)], dim=2)
         else:
             out = F.scaled_dot_product_attention(q, k, v)
-        return self.to_out[0](out.transpose(1, 2).reshape(B, N, C))
+        return self.to_out[0](out.to(x.dtype).transpose(1, 2).reshape(B, N, C))
 
 
 class ResnetBlock(nn.Module):

@@ -8,6 +8,7 @@ UNet call; prompts are encoded once per call.
 
 from __future__ import annotations
 
+import contextlib
 import math
 from dataclasses import dataclass
 from pathlib import Path
@@ -17,6 +18,7 @@ import torch
 from tqdm.auto import tqdm
 
 from .errors import InputError, NumericalError
+from .layers import Attention
 from .schedulers import Sampling, randn, run
 from .schedulers.adapter import FrozenConfig, Scheduler
 from .weights import load_model
@@ -48,6 +50,9 @@ class StableDiffusionPipeline:
         self.max_side = MAX_SIDE
         self._interrupt = False
         self._progress = {}
+        self._compiled = None  # torch.compile'd UNet (see compile())
+        self._offload: torch.device | None = None  # see enable_model_cpu_offload()
+        self._vae_tiling: tuple[int, int] | None = None
 
     @classmethod
     def from_pretrained(cls, path: str | Path, torch_dtype: torch.dtype | None = None, variant: str | None = None,
@@ -98,12 +103,61 @@ class StableDiffusionPipeline:
     def vae_scale_factor(self) -> int:
         return self.vae.config.downscale
 
+    # -- speed and memory options (each off by default; each gives the plain path's images) ----------------
+    def enable_attention_slicing(self, slice_size: int | str = "auto") -> None:
+        """Attend in chunks of `slice_size` queries (auto: 1024), bounding attention's peak memory."""
+        size = 1024 if slice_size == "auto" else int(slice_size)
+        for model in (self.unet, self.vae):
+            for m in model.modules():
+                if isinstance(m, Attention):
+                    m.slice_size = size
+
+    def disable_attention_slicing(self) -> None:
+        self.enable_attention_slicing(0)
+
+    def enable_vae_tiling(self, tile: int = 64, overlap: int = 16) -> None:
+        """Decode in overlapping latent tiles (`tile` latents a side, blended over `overlap`): for large images."""
+        self._vae_tiling = (tile, overlap)
+
+    def disable_vae_tiling(self) -> None:
+        self._vae_tiling = None
+
+    def enable_model_cpu_offload(self, device: str | torch.device = "cuda") -> None:
+        """Keep the networks on the CPU and move each to `device` only while it runs (for small GPUs)."""
+        self._offload = torch.device(device)
+        self.to("cpu")
+
+    def compile(self, **options) -> "StableDiffusionPipeline":
+        """Compile the UNet with torch.compile (inductor; weights frozen into the graph, which lets oneDNN
+        pre-pack them on CPU). The first call per shape compiles; inductor caches the result on disk."""
+        import torch._inductor.config as inductor
+        inductor.freezing = True
+        self._compiled = torch.compile(self.unet, dynamic=False, **options)
+        return self
+
+    @contextlib.contextmanager
+    def _placed(self, module: torch.nn.Module):
+        """Run `module` on the offload device when offloading is on."""
+        if self._offload is None:
+            yield
+            return
+        module.to(self._offload)
+        try:
+            yield
+        finally:
+            module.to("cpu")
+
+    @property
+    def execution_device(self) -> torch.device:
+        return self._offload or self.device
+
     # -- steps ----------------------------------------------------------------------------------------
     @torch.no_grad()
     def encode_prompt(self, prompts: list[str]) -> torch.Tensor:
         """prompts -> (B, 77, D) last hidden states of the text encoder."""
-        ids = self.tokenizer.encode(prompts).input_ids.to(self.text_encoder.embeddings.token_embedding.weight.device)
-        return self.text_encoder(ids).last_hidden_state
+        with self._placed(self.text_encoder):
+            ids = self.tokenizer.encode(prompts).input_ids.to(self.execution_device)
+            return self.text_encoder(ids).last_hidden_state
 
     def _check(self, prompts, negatives, height, width, steps, guidance, n) -> None:
         for name, v in (("height", height), ("width", width)):
@@ -157,13 +211,14 @@ class StableDiffusionPipeline:
         shape = (batch, self.unet.config.in_channels, height // f, width // f)
         # (B, C, H/f, W/f): drawn on the CPU generator in float32, so a seed gives the same image on any device
         x = randn(shape, generator, "cpu") if latents is None else latents.float().cpu()
-        x = x.to(self.device) * sampling.init_noise_sigma
+        x = x.to(self.execution_device) * sampling.init_noise_sigma
+        unet = self.unet if self._compiled is None else self._compiled
 
         def model(x_in: torch.Tensor, t) -> torch.Tensor:
-            x_in = x_in.to(self.dtype)
+            x_in, t = x_in.to(self.dtype), torch.as_tensor(t, device=x_in.device)  # a tensor t: no recompiles
             if not guided:
-                return self.unet(x_in, t, encoder_hidden_states=context).float()
-            out_uncond, out_cond = self.unet(torch.cat([x_in, x_in]), t, encoder_hidden_states=context).float().chunk(2)
+                return unet(x_in, t, encoder_hidden_states=context).float()
+            out_uncond, out_cond = unet(torch.cat([x_in, x_in]), t, encoder_hidden_states=context).float().chunk(2)
             return out_uncond + guidance_scale * (out_cond - out_uncond)
 
         bar = tqdm(total=len(sampling.schedule), **{"disable": False, **self._progress})
@@ -179,7 +234,8 @@ class StableDiffusionPipeline:
 
         noise = lambda like: randn(like.shape, generator, like.device)
         try:
-            x = run(sampling.start(x, noise), model, sampling.prediction_type, on_step)
+            with self._placed(self.unet):
+                x = run(sampling.start(x, noise), model, sampling.prediction_type, on_step)
         except _Interrupted as stop:
             x = stop.latents
         finally:
@@ -199,13 +255,16 @@ class StableDiffusionPipeline:
     def decode(self, latents: torch.Tensor) -> torch.Tensor:
         """(B, 4, h, w) latents -> (B, 3, H, W) images in [0, 1]. NaN/Inf triggers one float32 re-decode."""
         z = latents / self.vae.config.scaling_factor
-        image = self.vae.decode(z.to(self.vae.dtype))
-        if not torch.isfinite(image).all() and self.vae.dtype != torch.float32:
-            vae32 = self.vae.float()
-            try:
-                image = vae32.decode(z.float())
-            finally:
-                self.vae.to(self.dtype)
+        with self._placed(self.vae):
+            decode = (lambda z: self.vae.decode_tiled(z, *self._vae_tiling)) if self._vae_tiling else self.vae.decode
+            image = decode(z.to(self.execution_device, self.vae.dtype))
+            if not torch.isfinite(image).all() and self.vae.dtype != torch.float32:
+                dtype = self.vae.dtype
+                self.vae.float()
+                try:
+                    image = decode(z.float().to(self.execution_device))
+                finally:
+                    self.vae.to(dtype)
         if not torch.isfinite(image).all():
             raise NumericalError("the VAE decoded NaN or Inf values even in float32; the latents are invalid "
                                  "(check the model weights and the guidance scale)")

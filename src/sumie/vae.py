@@ -141,3 +141,41 @@ class AutoencoderKL(nn.Module):
     def decode(self, z: torch.Tensor) -> torch.Tensor:
         """z: (B, latent_channels, h, w) unscaled latents -> (B, 3, h*f, w*f) images, nominally in [-1, 1]."""
         return self.decoder(z if self.post_quant_conv is None else self.post_quant_conv(z))
+
+    def decode_tiled(self, z: torch.Tensor, tile: int = 64, overlap: int = 16) -> torch.Tensor:
+        """`decode` in overlapping latent tiles of `tile`^2 blended linearly: peak memory of one tile."""
+        return tiled(self.decode, z, tile, overlap, self.config.downscale)
+
+    def encode_tiled(self, x: torch.Tensor, tile: int = 512, overlap: int = 128) -> DiagonalGaussian:
+        """`encode` in overlapping image tiles, blending the moments (mean, logvar)."""
+        f = self.config.downscale
+        moments = tiled(lambda t: torch.cat([self.encode(t).mean, self.encode(t).logvar], 1), x, tile, overlap, 1 / f)
+        return DiagonalGaussian(moments)
+
+
+def tiled(fn, x: torch.Tensor, tile: int, overlap: int, scale: float) -> torch.Tensor:
+    """Apply a resolution-changing `fn` (output size = input size * scale) over overlapping tiles of x,
+    blending with weights that ramp linearly across each overlap (no seams where tiles meet)."""
+    H, W = x.shape[-2:]
+    if H <= tile and W <= tile:
+        return fn(x)
+    stride = tile - overlap
+    starts = lambda n: sorted({min(i, max(n - tile, 0)) for i in range(0, max(n - overlap, 1), stride)})
+    out = weight = None
+    for top in starts(H):
+        for left in starts(W):
+            y = fn(x[..., top:top + tile, left:left + tile])
+            h, w = y.shape[-2:]
+            ramp = lambda n, lead, trail: torch.minimum(
+                torch.ones(n), torch.minimum((torch.arange(n) + 1) / max(lead, 1) if lead else torch.ones(n),
+                                             (n - torch.arange(n)) / max(trail, 1) if trail else torch.ones(n)))
+            o = round(overlap * scale)
+            mask = (ramp(h, o if top else 0, o if top + tile < H else 0)[:, None]
+                    * ramp(w, o if left else 0, o if left + tile < W else 0)[None, :]).to(y)
+            if out is None:
+                out = y.new_zeros(*y.shape[:-2], round(H * scale), round(W * scale))
+                weight = y.new_zeros(round(H * scale), round(W * scale))
+            t, l = round(top * scale), round(left * scale)
+            out[..., t:t + h, l:l + w] += y * mask
+            weight[t:t + h, l:l + w] += mask
+    return out / weight
