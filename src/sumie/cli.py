@@ -104,6 +104,8 @@ def cmd_generate(args) -> int:
         settings["model"], torch_dtype=dtype, vae=settings.get("vae"), config=settings.get("config"),
         prediction_type=settings.get("prediction_type"), allow_pickle=args.allow_pickle).to(device)
     pipe.set_progress_bar_config(disable=args.quiet)
+    if args.compile:
+        pipe.compile()
     scheduler = settings.get("scheduler", pipe.scheduler.sampler_id)
     spec_for(scheduler)
     outdir = Path(settings.get("outdir", "outputs"))
@@ -192,6 +194,7 @@ def build_parser() -> argparse.ArgumentParser:
     g.add_argument("--params-from", dest="params_from", metavar="IMAGE.png",
                    help="re-create an image from its stored parameters; other options override them")
     g.add_argument("--quiet", action="store_true", help="no progress bar")
+    g.add_argument("--compile", action="store_true", help="torch.compile the UNet (slow first image, faster after)")
     _model_options(g)
     g.set_defaults(func=cmd_generate)
 
