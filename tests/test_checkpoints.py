@@ -238,3 +238,17 @@ def test_sd2_base_pickle_is_epsilon(single_files, sd2_folder, tmp_path):
     torch.save({"state_dict": load_file(single_files["sd2"]), "global_step": 875000}, tmp_path / "base.ckpt")
     parts = load_model(tmp_path / "base.ckpt", allow_pickle=True, config=sd2_folder)
     assert parts.scheduler_config["prediction_type"] == "epsilon"
+
+
+def test_model_hash_is_a1111s_and_cached(single_files, tmp_path, monkeypatch):
+    import hashlib
+
+    from sumie.weights import model_hash
+    monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path))
+    path = single_files["sd1"]
+    expected = hashlib.sha256(path.read_bytes()).hexdigest()[:10]
+    assert model_hash(path) == expected
+    cache = json.loads((tmp_path / "sumie" / "hashes.json").read_text())
+    assert list(cache.values()) == [expected]
+    (tmp_path / "sumie" / "hashes.json").write_text(json.dumps({k: "cachedvalu" for k in cache}))
+    assert model_hash(path) == "cachedvalu"  # served from the cache, not re-read

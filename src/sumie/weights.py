@@ -233,16 +233,33 @@ def load_folder(folder: str | Path, *, dtype=None, device="cpu", variant: str | 
 
 def model_hash(folder: str | Path) -> str:
     """First 10 hex digits of the SHA-256 of a single-file checkpoint, as AUTOMATIC1111's "Model hash";
-    a diffusers folder has no single file, so for one we hash its UNet weights."""
+    a diffusers folder has no single file, so for one we hash its UNet weights. Results are cached in
+    $XDG_CACHE_HOME/sumie/hashes.json by (path, size, mtime), so a large file is read once."""
     import hashlib
-    digest = hashlib.sha256()
-    folder = Path(folder)
+    folder = Path(folder).resolve()
     files = [folder] if folder.is_file() else find_weight_files(folder / "unet", "diffusion_pytorch_model")
+    key = "|".join(f"{f}:{f.stat().st_size}:{f.stat().st_mtime_ns}" for f in files)
+    cache_file = Path(os.environ.get("XDG_CACHE_HOME", "~/.cache")).expanduser() / "sumie" / "hashes.json"
+    try:
+        cache = json.loads(cache_file.read_text())
+    except (OSError, ValueError):
+        cache = {}
+    if key in cache:
+        return cache[key]
+    digest = hashlib.sha256()
     for path in files:
         with open(path, "rb") as f:
             while chunk := f.read(1 << 24):
                 digest.update(chunk)
-    return digest.hexdigest()[:10]
+    cache[key] = digest.hexdigest()[:10]
+    try:  # best effort: a read-only home only costs the next run a re-hash
+        cache_file.parent.mkdir(parents=True, exist_ok=True)
+        tmp = cache_file.with_suffix(f".{os.getpid()}.tmp")
+        tmp.write_text(json.dumps(cache))
+        os.replace(tmp, cache_file)
+    except OSError:
+        pass
+    return cache[key]
 
 
 # ---------------------------------------------------------------------------------------------------
