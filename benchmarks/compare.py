@@ -121,20 +121,10 @@ def main() -> None:
     for lib, rs in runs.items():  # every run, to judge the noise
         print(f"{lib}: " + "; ".join(f"{k} " + "/".join(f"{r[k]:.2f}" for r in rs) for k in rs[0]), file=sys.stderr)
     if args.write:
-        doc = ROOT / "docs" / "benchmarks.md"
-        text = doc.read_text()
-        head = "## Engine (issue 7)\n"
+        from doc import write_section
         intro = ("Full SD 1.5 architecture, random weights, diffusers' own `from_pretrained` against sumie's on the "
                  "same folder. Timings exclude warm-up except where named.\n\n")
-        section = head + "\n" + intro + table + "\n"
-        if head in text:
-            start = text.index(head)
-            end = text.find("\n## ", start + len(head))
-            text = text[:start] + section + (text[end:] if end != -1 else "")
-        else:
-            text = text.rstrip("\n") + "\n\n" + section
-        doc.write_text(text)
-
+        write_section("## Engine (issue 7)", intro + table)
 
 if __name__ == "__main__":
     main()

@@ -66,8 +66,12 @@ def test_generate_errors_are_one_line(sd1_folder, tmp_path, args, needle):
 
 @pytest.mark.parametrize("args,needle", [
     (["generate", "x", "--model", "/no/such/model"], "does not exist"),
-    (["generate", "x"], "no model given"),
     (["info", "/no/such.png"], "does not exist"),
+    (["serve", "--port", "70000"], "--port must be"),
+    (["serve", "--api-auth", "nocolon"], "user:password"),
+    (["serve", "--model", "/no/such/model"], "does not exist"),
+    (["train-tiny"], "--out"),
+    (["eval-tiny", "--model", "/no/such/model"], "does not exist"),
 ])
 def test_other_errors(tmp_path, args, needle):
     r = sumie(*args)

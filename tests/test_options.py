@@ -27,6 +27,15 @@ def test_model_cpu_offload_runs_each_network_on_the_device(sd1_folder):
     assert np.array_equal(plain, offloaded)
 
 
+def test_sequential_cpu_offload_moves_each_layer_for_its_forward(sd1_folder):
+    pipe = []
+    plain, offloaded = plain_and(sd1_folder, lambda p: (pipe.append(p), p.enable_sequential_cpu_offload("cpu")))
+    assert np.array_equal(plain, offloaded)
+    hooked = [m for m in pipe[0].unet.modules() if m._forward_pre_hooks]
+    assert len(hooked) == sum(1 for m in pipe[0].unet.modules() if m._parameters or m._buffers) > 50
+    assert all(p.device.type == "cpu" for p in pipe[0].unet.parameters())
+
+
 def test_compile_matches_eager(sd1_folder):
     plain, compiled = plain_and(sd1_folder, lambda p: p.compile())
     assert np.abs(plain - compiled).max() * 255 <= 0.05

@@ -86,14 +86,16 @@ def cmd_generate(args) -> int:
     from .schedulers import spec_for
     from .weights import model_hash
 
+    from . import tiny
+
     given = {k: v for k, v in vars(args).items() if v is not None}
-    settings = {"negative_prompt": "", "steps": 50, "guidance": 7.5, "karras": False, "n": 1, **(
-        settings_from_image(args.params_from) if args.params_from else {}), **given}
+    from_image = settings_from_image(args.params_from) if args.params_from else {}
+    embedded = given.get("model", tiny.NAME) == tiny.NAME
+    settings = {"negative_prompt": "", "steps": tiny.STEPS if embedded else 50,
+                "guidance": tiny.GUIDANCE if embedded else 7.5, "karras": False, "n": 1, "model": tiny.NAME,
+                **from_image, **given}
     if "prompt" not in settings:
         raise InputError("give a prompt: sumie generate \"a red circle on a blue background\"")
-    if not settings.get("model"):
-        raise InputError("no model given: pass --model with a diffusers folder, hub-cache id or .safetensors file "
-                         "(the embedded model is not available yet)")
     if not 1 <= settings["n"] <= 64:
         raise InputError(f"--n must be from 1 to 64 (got {settings['n']})")
     if not 0 <= settings.get("seed", 0) < 2 ** 63:
@@ -110,7 +112,7 @@ def cmd_generate(args) -> int:
     spec_for(scheduler)
     outdir = Path(settings.get("outdir", "outputs"))
     outdir.mkdir(parents=True, exist_ok=True)
-    model_name, hash_ = Path(pipe.source).name, model_hash(pipe.source)
+    model_name, hash_ = tiny.NAME if embedded else Path(pipe.source).name, model_hash(pipe.source)
 
     images = []
     for i in range(settings["n"]):
@@ -136,6 +138,58 @@ def cmd_convert(args) -> int:
     _, dtype = _device_and_dtype("cpu", args.dtype or "float32")
     print(convert(args.src, args.dst, dtype=dtype if args.dtype else None, allow_pickle=args.allow_pickle,
                   config=args.config, prediction_type=args.prediction_type))
+    return 0
+
+
+def cmd_train_tiny(args) -> int:
+    from dataclasses import replace
+
+    from .tiny.train import Recipe, train
+    overrides = {k: getattr(args, k) for k in ("seed", "vae_steps", "unet_steps", "unet_batch", "threads")
+                 if getattr(args, k) is not None}
+    device, _ = _device_and_dtype(args.device or "cpu", "float32")
+    print(train(args.out, replace(Recipe(), **overrides), quiet=args.quiet, device=str(device)))
+    return 0
+
+
+def cmd_eval_tiny(args) -> int:
+    from tqdm import tqdm
+
+    from . import tiny
+    from .pipeline import StableDiffusionPipeline
+    from .tiny.evaluate import contact_sheet, evaluate, table
+    device, _ = _device_and_dtype(args.device or "cpu", "float32")
+    pipe = StableDiffusionPipeline.from_pretrained(args.model).to(device)
+    pipe.set_progress_bar_config(disable=True)
+    steps, guidance = args.steps or tiny.STEPS, tiny.GUIDANCE if args.guidance is None else args.guidance
+    with tqdm(total=args.n_train + args.n_held_out, desc="eval", disable=args.quiet) as bar:
+        results, examples = evaluate(pipe, n_train=args.n_train, n_held_out=args.n_held_out, seed=args.seed,
+                                     steps=steps, guidance=guidance, batch=args.batch, progress=bar.update)
+    print(f"model {args.model}, {pipe.scheduler.sampler_id}, {steps} steps, guidance {guidance}, seed {args.seed}")
+    print(table(results))
+    if args.sheet:
+        from .images import save_png
+        picks = [e for split in examples.values() for e in split[:50]]
+        save_png(contact_sheet(picks), Path(args.sheet), None, overwrite=True)
+        print(f"contact sheet: {args.sheet} (first 50 of each split; bar: green = all attributes right)")
+    return 0
+
+
+def cmd_serve(args) -> int:
+    from . import tiny
+    from .server import serve
+    if not 1 <= args.port <= 65535:
+        raise InputError(f"--port must be from 1 to 65535 (got {args.port})")
+    if args.api_auth and ":" not in args.api_auth:
+        raise InputError("--api-auth takes user:password (several separated by commas)")
+    if not 0 < args.timeout < float("inf"):
+        raise InputError(f"--timeout must be a positive number of seconds (got {args.timeout})")
+    if not 1 <= args.queue_size <= 1024:
+        raise InputError(f"--queue-size must be from 1 to 1024 (got {args.queue_size})")
+    device, _ = _device_and_dtype(args.device or "cpu", "float32")
+    serve(args.model or tiny.NAME, host=args.host, port=args.port, outdir=args.outdir, api_key=args.api_key,
+          api_auth=args.api_auth, queue_size=args.queue_size, device=str(device), request_timeout=args.timeout,
+          warn=lambda text: print(text, file=sys.stderr))
     return 0
 
 
@@ -175,12 +229,13 @@ def build_parser() -> argparse.ArgumentParser:
 
     g = sub.add_parser("generate", help="generate images from a prompt")
     g.add_argument("prompt", nargs="?")
-    g.add_argument("--model", help="a diffusers folder, a model id in the local Hugging Face cache, or a "
-                                    "single .safetensors checkpoint")
+    g.add_argument("--model", help="a diffusers folder, a model id in the local Hugging Face cache, a single "
+                                    ".safetensors checkpoint, or sumie-tiny (the embedded model, the default)")
     g.add_argument("--vae", help="a separate VAE: a single file or a diffusers vae folder")
     g.add_argument("--negative-prompt", dest="negative_prompt")
-    g.add_argument("--steps", type=_int)
-    g.add_argument("--guidance", type=float, help="classifier-free guidance scale (default 7.5; <= 1 turns it off)")
+    g.add_argument("--steps", type=_int, help="default 50 (sumie-tiny: 20)")
+    g.add_argument("--guidance", type=float,
+                   help="classifier-free guidance scale (default 7.5, sumie-tiny: 5; <= 1 turns it off)")
     g.add_argument("--scheduler", help="a sampler id (see `sumie schedulers`); default: the model's")
     g.add_argument("--karras", action="store_true", default=None, help="Karras sigmas")
     g.add_argument("--height", type=_int)
@@ -204,6 +259,42 @@ def build_parser() -> argparse.ArgumentParser:
     c.add_argument("--dtype", choices=sorted(DTYPES), help="store the weights in this dtype (default: as read)")
     _model_options(c)
     c.set_defaults(func=cmd_convert)
+
+    t = sub.add_parser("train-tiny", help="train the embedded model sumie-tiny from scratch (resumable)")
+    t.add_argument("--out", required=True, help="run folder: checkpoints, log.jsonl, and the model in OUT/model")
+    t.add_argument("--device", help="cpu (default) or cuda")
+    t.add_argument("--seed", type=_int)
+    t.add_argument("--vae-steps", dest="vae_steps", type=_int, help="shorter or longer runs, for experiments")
+    t.add_argument("--unet-steps", dest="unet_steps", type=_int)
+    t.add_argument("--unet-batch", dest="unet_batch", type=_int)
+    t.add_argument("--threads", type=_int, help="CPU threads (default: torch's)")
+    t.add_argument("--quiet", action="store_true", help="no progress bar")
+    t.set_defaults(func=cmd_train_tiny)
+
+    sv = sub.add_parser("serve", help="an AUTOMATIC1111-compatible HTTP API and a web page")
+    sv.add_argument("--model", help="as for generate (default: sumie-tiny)")
+    sv.add_argument("--host", default="127.0.0.1", help="default 127.0.0.1 (this machine only)")
+    sv.add_argument("--port", type=_int, default=7860)
+    sv.add_argument("--outdir", help="save images here when a request asks (save_images); default: never save")
+    sv.add_argument("--api-key", dest="api_key", help="require Authorization: Bearer KEY on every API route")
+    sv.add_argument("--api-auth", dest="api_auth", metavar="USER:PASS", help="require HTTP basic auth (A1111's flag)")
+    sv.add_argument("--queue-size", dest="queue_size", type=_int, default=16, help="jobs waiting at most (default 16)")
+    sv.add_argument("--timeout", type=float, default=600.0, help="seconds a request may wait and run (default 600)")
+    sv.add_argument("--device", help="cpu (default), cuda, mps")
+    sv.set_defaults(func=cmd_serve)
+
+    e = sub.add_parser("eval-tiny", help="score sumie-tiny (or another tiny-world model) by image analysis")
+    e.add_argument("--model", default="sumie-tiny")
+    e.add_argument("--steps", type=_int)
+    e.add_argument("--guidance", type=float)
+    e.add_argument("--n-train", dest="n_train", type=_int, default=300)
+    e.add_argument("--n-held-out", dest="n_held_out", type=_int, default=100)
+    e.add_argument("--seed", type=_int, default=0)
+    e.add_argument("--batch", type=_int, default=50)
+    e.add_argument("--sheet", metavar="PNG", help="write a contact sheet of examples here")
+    e.add_argument("--device", help="cpu (default) or cuda")
+    e.add_argument("--quiet", action="store_true")
+    e.set_defaults(func=cmd_eval_tiny)
     return parser
 
 

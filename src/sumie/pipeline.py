@@ -53,6 +53,7 @@ class StableDiffusionPipeline:
         self._compiled = None  # torch.compile'd UNet (see compile())
         self._offload: torch.device | None = None  # see enable_model_cpu_offload()
         self._vae_tiling: tuple[int, int] | None = None
+        self._sequential = False  # see enable_sequential_cpu_offload()
 
     @classmethod
     def from_pretrained(cls, path: str | Path, torch_dtype: torch.dtype | None = None, variant: str | None = None,
@@ -127,6 +128,27 @@ class StableDiffusionPipeline:
         self._offload = torch.device(device)
         self.to("cpu")
 
+    def enable_sequential_cpu_offload(self, device: str | torch.device = "cuda") -> None:
+        """Keep every weight on the CPU; each layer's own weights move to `device` just for its forward
+        and back after it. The least device memory (one layer's weights), and the slowest."""
+        self.enable_model_cpu_offload(device)
+        self._sequential = True
+        target = torch.device(device)
+
+        def move(module: torch.nn.Module, to: torch.device) -> None:
+            for name, p in module._parameters.items():
+                if p is not None:
+                    p.data = p.data.to(to)
+            for name, b in module._buffers.items():
+                if b is not None:
+                    module._buffers[name] = b.to(to)
+
+        for model in (self.text_encoder, self.unet, self.vae):
+            for module in model.modules():
+                if module._parameters or module._buffers:
+                    module.register_forward_pre_hook(lambda m, args: move(m, target))
+                    module.register_forward_hook(lambda m, args, out: move(m, torch.device("cpu")))
+
     def compile(self, **options) -> "StableDiffusionPipeline":
         """Compile the UNet with torch.compile (inductor; weights frozen into the graph, which lets oneDNN
         pre-pack them on CPU). The first call per shape compiles; inductor caches the result on disk."""
@@ -138,7 +160,7 @@ class StableDiffusionPipeline:
     @contextlib.contextmanager
     def _placed(self, module: torch.nn.Module):
         """Run `module` on the offload device when offloading is on."""
-        if self._offload is None:
+        if self._offload is None or self._sequential:
             yield
             return
         module.to(self._offload)

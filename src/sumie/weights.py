@@ -635,7 +635,14 @@ def hub_cache_dir() -> Path:
 
 def resolve_folder(name: str | Path, revision: str | None = None) -> Path:
     """A local path, or a model id ("Org/Name") found offline in the Hugging Face hub cache
-    (`models--Org--Name/snapshots/<commit>`, the commit read from `refs/<revision or main>`)."""
+    (`models--Org--Name/snapshots/<commit>`, the commit read from `refs/<revision or main>`), or
+    "sumie-tiny", the embedded model."""
+    from . import tiny
+    if str(name) == tiny.NAME:
+        if not (tiny.MODEL_DIR / "model_index.json").is_file():
+            raise WeightsError(f"the embedded model is missing from this install ({tiny.MODEL_DIR}); reinstall "
+                               f"sumie, or train it with `sumie train-tiny --out DIR` and pass --model DIR/model")
+        return tiny.MODEL_DIR
     path = Path(name).expanduser()
     if path.exists():
         return path

@@ -66,3 +66,38 @@ def table(results: dict[str, dict[str, float]]) -> str:
     rows = [f"| {split} | " + " | ".join(f"{r[a]:.0%}" for a in ATTRIBUTES + ("all",)) + " |"
             for split, r in results.items()]
     return "\n".join([head] + rows)
+
+
+def evaluate(pipe, *, n_train: int = 300, n_held_out: int = 100, seed: int = 0, steps: int, guidance: float,
+             batch: int = 50, progress=None) -> tuple[dict[str, dict[str, float]], dict[str, list]]:
+    """Generate from full captions of both splits with fixed seeds (image i of a split: seed + i) and score.
+    Returns ({split: scores}, {split: [(scene, image)]})."""
+    from .data import sample
+    results, examples = {}, {}
+    for split, n, held in (("training captions", n_train, False), ("held-out pairs", n_held_out, True)):
+        scenes = sample(n, seed + held, held_out=held)
+        images = []
+        for i in range(0, n, batch):
+            chunk = scenes[i:i + batch]
+            out = pipe([s.caption() for s in chunk], num_inference_steps=steps, guidance_scale=guidance,
+                       seed=seed + i, output_type="np").images
+            images += [(im * 255).round().astype(np.uint8) for im in out]
+            if progress:
+                progress(len(chunk))
+        results[split], examples[split] = score(scenes, images), list(zip(scenes, images))
+    return results, examples
+
+
+def contact_sheet(examples: list, cols: int = 10):
+    """A grid of (scene, image) pairs, each marked with a green (all right) or red (wrong) bar."""
+    from PIL import Image, ImageDraw
+    rows = -(-len(examples) // cols)
+    sheet = Image.new("RGB", (cols * 68, rows * 72), (128, 128, 128))
+    draw = ImageDraw.Draw(sheet)
+    for i, (scene, image) in enumerate(examples):
+        x, y = (i % cols) * 68 + 2, (i // cols) * 72 + 2
+        sheet.paste(Image.fromarray(image), (x, y))
+        got = read(image)
+        ok = all(getattr(got, a) == getattr(scene, a) for a in ATTRIBUTES)
+        draw.rectangle((x, y + 65, x + 63, y + 67), fill=(40, 200, 40) if ok else (220, 30, 30))
+    return sheet

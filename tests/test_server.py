@@ -1,0 +1,201 @@
+"""`sumie serve` driven over real HTTP: the A1111 client library webuiapi, raw requests, and attacks."""
+
+import base64
+import io
+import json
+import struct
+import threading
+import time
+import zlib
+from pathlib import Path
+
+import httpx
+import pytest
+import webuiapi
+from PIL import Image
+
+from server_util import Server
+
+
+@pytest.fixture(scope="module")
+def server(sd1_folder, tmp_path_factory):
+    outdir = tmp_path_factory.mktemp("served")
+    s = Server("--model", sd1_folder, "--outdir", outdir, "--queue-size", 1)
+    s.outdir = outdir
+    yield s
+    s.stop()
+
+
+def post(server, path, body, **headers):
+    return httpx.post(server.url + path, json=body, headers=headers, timeout=120)
+
+
+def test_webuiapi_txt2img_batches_seeds_and_png_info(server):
+    api = webuiapi.WebUIApi(host="127.0.0.1", port=server.port)
+    result = api.txt2img(prompt="a red circle", negative_prompt="blue", seed=42, steps=3, cfg_scale=6.5,
+                         width=32, height=32, batch_size=2, n_iter=2, sampler_name="Euler a")
+    assert len(result.images) == 4 and result.images[0].size == (32, 32)
+    info = result.info
+    assert info["seed"] == 42 and info["all_seeds"] == [42, 43, 44, 45] and info["sampler_name"] == "Euler a"
+    assert len(info["infotexts"]) == 4 and "Seed: 44" in info["infotexts"][2]
+    assert result.parameters["prompt"] == "a red circle" and result.parameters["batch_size"] == 2
+    # the PNG carries its own parameters, and png-info reads them back
+    assert result.images[1].info["parameters"] == info["infotexts"][1]
+    back = api.png_info(result.images[1])
+    assert back.info == info["infotexts"][1] and back.json["parameters"]["Seed"] == "43"
+    # same seed, same image: image 2 of the first request is image 0 of a request at seed 44
+    again = api.txt2img(prompt="a red circle", negative_prompt="blue", seed=44, steps=3, cfg_scale=6.5,
+                        width=32, height=32, sampler_name="Euler a")
+    assert again.images[0].tobytes() == result.images[2].tobytes()
+
+
+def test_listings_and_combined_sampler_names(server):
+    api = webuiapi.WebUIApi(host="127.0.0.1", port=server.port)
+    names = [s["name"] for s in api.get_samplers()]
+    assert {"Euler a", "Euler", "DPM++ 2M", "DPM++ 2M SDE", "LMS", "Heun", "DDIM", "PLMS", "UniPC", "DDPM"} <= set(names)
+    assert [s["label"] for s in api.get_schedulers()] == ["Automatic", "Karras"]
+    [model] = api.get_sd_models()
+    assert api.get_options()["sd_model_checkpoint"] == model["title"]
+    r = post(server, "/sdapi/v1/txt2img", {"prompt": "x", "steps": 2, "sampler_name": "DPM++ 2M Karras",
+                                           "width": 32, "height": 32, "send_images": False, "unknown": [1, 2]})
+    assert r.status_code == 200, r.text
+    info = json.loads(r.json()["info"])
+    assert (info["sampler_name"], info["scheduler"]) == ("DPM++ 2M", "Karras") and r.json()["images"] == []
+
+
+@pytest.mark.parametrize("field,value", [
+    ("width", 36), ("height", 4096), ("steps", 0), ("steps", 151), ("cfg_scale", float("nan")),
+    ("cfg_scale", float("inf")), ("sampler_name", "Euler z"), ("batch_size", 9), ("scheduler", "exponential"),
+    ("seed", "abc"),
+])
+def test_validation_gives_422_with_the_field(server, field, value):
+    r = httpx.post(server.url + "/sdapi/v1/txt2img", content=json.dumps({"prompt": "x", field: value}),
+                   headers={"Content-Type": "application/json"})
+    assert r.status_code == 422
+    assert any(field in e["loc"] for e in r.json()["detail"]), r.text
+
+
+def test_oversized_body_and_wrong_content_type(server):
+    r = httpx.post(server.url + "/sdapi/v1/png-info", content=b"{" + b" " * (21 * 2 ** 20) + b"}",
+                   headers={"Content-Type": "application/json"})
+    assert r.status_code == 413
+    form = httpx.post(server.url + "/sdapi/v1/txt2img", content=b'{"prompt": "x"}', headers={"Content-Type": "text/plain"})
+    assert form.status_code == 415
+
+
+@pytest.mark.parametrize("headers,status", [
+    ({"Origin": "null"}, 403), ({"Origin": "http://evil.example"}, 403), ({"Sec-Fetch-Site": "cross-site"}, 403),
+    ({"Host": "evil.example"}, 400), ({"Host": "attacker.localhost.evil:7860"}, 400),
+])
+def test_cross_site_and_rebinding_are_refused(server, headers, status):
+    r = post(server, "/sdapi/v1/txt2img", {"prompt": "x", "steps": 1, "width": 32, "height": 32}, **headers)
+    assert r.status_code == status, r.text
+    if "Host" in headers:
+        assert httpx.get(server.url + "/sdapi/v1/progress", headers=headers).status_code == 400
+
+
+def test_paths_in_string_fields_are_only_text(server):
+    evil = ["../../../../tmp/sumie-pwned", "/tmp/sumie-pwned", "..\\..\\x", "%2e%2e%2fetc%2fpasswd", "\x00/etc/passwd"]
+    for text in evil:
+        r = post(server, "/sdapi/v1/txt2img", {"prompt": text, "negative_prompt": text, "steps": 1, "width": 32,
+                                               "height": 32, "save_images": True, "send_images": False,
+                                               "sampler_name": "Euler", "scheduler": "Automatic"})
+        assert r.status_code == 200, r.text
+    saved = [p for p in Path(server.outdir).rglob("*") if p.is_file()]
+    assert len(saved) >= len(evil) and all(p.suffix == ".png" and ".." not in p.name for p in saved)
+    assert not Path("/tmp/sumie-pwned").exists()
+    for text in evil:
+        assert post(server, "/sdapi/v1/png-info", {"image": text}).status_code == 422
+
+
+def _png_chunk(kind: bytes, data: bytes) -> bytes:
+    return struct.pack(">I", len(data)) + kind + data + struct.pack(">I", zlib.crc32(kind + data))
+
+
+def test_png_info_of_a_decompression_bomb(server):
+    ihdr = struct.pack(">IIBBBBB", 100_000, 100_000, 8, 2, 0, 0, 0)
+    bomb = (b"\x89PNG\r\n\x1a\n" + _png_chunk(b"IHDR", ihdr) + _png_chunk(b"tEXt", b"parameters\x00hello") +
+            _png_chunk(b"IDAT", zlib.compress(b"\x00" * 1_000_000)) + _png_chunk(b"IEND", b""))
+    r = post(server, "/sdapi/v1/png-info", {"image": base64.b64encode(bomb).decode()})
+    assert r.status_code == 422 and "pixel" in r.text
+
+
+def _long_job(server, results, steps=150, **extra):
+    results.append(post(server, "/sdapi/v1/txt2img", {"prompt": "x", "steps": steps, "width": 256, "height": 256,
+                                                      "sampler_name": "Euler", **extra}))
+
+
+def _wait_running(server):
+    for _ in range(600):
+        p = httpx.get(server.url + "/sdapi/v1/progress").json()
+        if p["state"]["sampling_step"] > 0:
+            return p
+        time.sleep(0.05)
+    raise AssertionError("the job never started")
+
+
+def test_progress_interrupt_and_full_queue(server):
+    results = []
+    running = threading.Thread(target=_long_job, args=(server, results))
+    running.start()
+    p = _wait_running(server)
+    assert 0 < p["progress"] < 1 and p["state"]["sampling_steps"] == 150 and p["state"]["job_count"] == 1
+    assert Image.open(io.BytesIO(base64.b64decode(p["current_image"]))).size[0] > 0
+    waiting = threading.Thread(target=_long_job, args=(server, results, 2))
+    waiting.start()
+    for _ in range(100):  # the one queue slot fills
+        if httpx.get(server.url + "/sdapi/v1/progress").json()["state"]["job_count"] == 2:
+            break
+        time.sleep(0.05)
+    full = post(server, "/sdapi/v1/txt2img", {"prompt": "x", "steps": 1, "width": 32, "height": 32})
+    assert full.status_code == 429 and int(full.headers["Retry-After"]) >= 1
+    assert post(server, "/sdapi/v1/interrupt", {}).status_code == 200
+    running.join(60)
+    waiting.join(60)
+    first = next(r for r in results if json.loads(r.json()["info"])["steps"] == 150)
+    assert first.status_code == 200 and json.loads(first.json()["info"])["interrupted"] is True
+    assert len(first.json()["images"]) == 1
+
+
+def test_client_that_leaves_the_queue_loses_its_job(server):
+    results = []
+    running = threading.Thread(target=_long_job, args=(server, results))
+    running.start()
+    _wait_running(server)
+    with pytest.raises(httpx.ReadTimeout):  # queued, then gone
+        httpx.post(server.url + "/sdapi/v1/txt2img", json={"prompt": "left", "steps": 1, "width": 32, "height": 32,
+                                                          "save_images": True}, timeout=0.5)
+    time.sleep(0.5)
+    post(server, "/sdapi/v1/interrupt", {})
+    running.join(60)
+    time.sleep(0.5)
+    assert httpx.get(server.url + "/sdapi/v1/progress").json()["state"]["job_count"] == 0
+    saved = [p for p in Path(server.outdir).rglob("*.png")]
+    assert not any("left" in Image.open(p).info.get("parameters", "").split("\n")[0] for p in saved)
+
+
+def test_api_key_and_basic_auth(sd1_folder):
+    s = Server("--model", sd1_folder, "--api-key", "s3cret", "--api-auth", "ann:pw")
+    try:
+        body = {"prompt": "x", "steps": 1, "width": 32, "height": 32}
+        assert post(s, "/sdapi/v1/txt2img", body).status_code == 401
+        assert post(s, "/sdapi/v1/txt2img", body, Authorization="Bearer wrong").status_code == 401
+        assert httpx.get(s.url + "/sdapi/v1/sd-models").status_code == 401
+        assert post(s, "/sdapi/v1/txt2img", body, Authorization="Bearer s3cret").status_code == 200
+        api = webuiapi.WebUIApi(host="127.0.0.1", port=s.port, username="ann", password="pw")
+        assert len(api.txt2img(prompt="x", steps=1, width=32, height=32).images) == 1
+        bad = webuiapi.WebUIApi(host="127.0.0.1", port=s.port, username="ann", password="no")
+        with pytest.raises(RuntimeError, match="401"):
+            bad.txt2img(prompt="x", steps=1, width=32, height=32)
+    finally:
+        s.stop()
+
+
+def test_binding_beyond_localhost_warns_without_a_key(sd1_folder):
+    s = Server("--model", sd1_folder, "--host", "0.0.0.0")
+    try:
+        # any Host is served when the user chose to expose the server
+        assert httpx.get(s.url + "/sdapi/v1/options", headers={"Host": "myhost.lan"}).status_code == 200
+    finally:
+        err = s.stop()
+    assert "no --api-key" in err
