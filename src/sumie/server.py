@@ -18,7 +18,7 @@ import queue
 import secrets
 import threading
 import time
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from datetime import datetime
 from pathlib import Path
 from typing import Any
@@ -98,7 +98,6 @@ class Job:
     step: int = 0
     steps_total: int = 0
     preview: Any = None
-    results: list = field(default_factory=list)
 
     def finish(self, value=None, error: BaseException | None = None) -> None:
         def settle():
