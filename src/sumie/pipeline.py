@@ -52,7 +52,7 @@ class StableDiffusionPipeline:
         self._progress = {}
         self._compiled = None  # torch.compile'd UNet (see compile())
         self._offload: torch.device | None = None  # see enable_model_cpu_offload()
-        self._vae_tiling: tuple[int, int] | None = None
+        self._vae_tiling: int | None = None  # band budget in elements, see enable_vae_tiling()
         self._sequential = False  # see enable_sequential_cpu_offload()
 
     @classmethod
@@ -116,9 +116,11 @@ class StableDiffusionPipeline:
     def disable_attention_slicing(self) -> None:
         self.enable_attention_slicing(0)
 
-    def enable_vae_tiling(self, tile: int = 64, overlap: int = 16) -> None:
-        """Decode in overlapping latent tiles (`tile` latents a side, blended over `overlap`): for large images."""
-        self._vae_tiling = (tile, overlap)
+    def enable_vae_tiling(self, band_mib: float = 64) -> None:
+        """Decode layer by layer in bands of rows (about `band_mib` MiB of float32 input each), with
+        whole-image GroupNorm statistics: the same image without seams, at a fraction of the peak memory
+        (see `vae.AutoencoderKL.decode_tiled`)."""
+        self._vae_tiling = max(1, int(band_mib * 2 ** 18))
 
     def disable_vae_tiling(self) -> None:
         self._vae_tiling = None
@@ -278,7 +280,7 @@ class StableDiffusionPipeline:
         """(B, 4, h, w) latents -> (B, 3, H, W) images in [0, 1]. NaN/Inf triggers one float32 re-decode."""
         z = latents / self.vae.config.scaling_factor
         with self._placed(self.vae):
-            decode = (lambda z: self.vae.decode_tiled(z, *self._vae_tiling)) if self._vae_tiling else self.vae.decode
+            decode = (lambda z: self.vae.decode_tiled(z, self._vae_tiling)) if self._vae_tiling else self.vae.decode
             image = decode(z.to(self.execution_device, self.vae.dtype))
             if not torch.isfinite(image).all() and self.vae.dtype != torch.float32:
                 dtype = self.vae.dtype

@@ -14,6 +14,7 @@ from .config import VAEConfig
 from .layers import Attention, Downsample, ResnetBlock, Upsample
 
 EPS = 1e-6  # GroupNorm epsilon throughout the VAE
+BAND_BUDGET = 1 << 24  # elements of one band's input in decode_tiled/encode_tiled (64 MiB in float32)
 
 
 class DiagonalGaussian:
@@ -99,6 +100,13 @@ class Encoder(nn.Module):
         x = self.mid_block(x)
         return self.conv_out(F.silu(self.conv_norm_out(x)))
 
+    def in_bands(self, x: torch.Tensor, budget: int) -> torch.Tensor:
+        """forward(x), layer by layer in bands of rows (see "Tiling without seams" below)."""
+        x = conv_rows(self.conv_in, lambda lo, hi: x[:, :, lo:hi], x.shape[-2], (1, 1), budget)
+        for block in self.down_blocks:
+            x = level_in_bands(block, x, budget)
+        return out_in_bands(self.conv_norm_out, self.conv_out, mid_in_bands(self.mid_block, x, budget), budget)
+
 
 class Decoder(nn.Module):
     def __init__(self, cfg: VAEConfig):
@@ -117,6 +125,13 @@ class Decoder(nn.Module):
         for block in self.up_blocks:
             x = block(x)
         return self.conv_out(F.silu(self.conv_norm_out(x)))
+
+    def in_bands(self, z: torch.Tensor, budget: int) -> torch.Tensor:
+        """forward(z), layer by layer in bands of rows (see "Tiling without seams" below)."""
+        x = mid_in_bands(self.mid_block, self.conv_in(z), budget)
+        for block in self.up_blocks:
+            x = level_in_bands(block, x, budget)
+        return out_in_bands(self.conv_norm_out, self.conv_out, x, budget)
 
 
 class AutoencoderKL(nn.Module):
@@ -142,40 +157,91 @@ class AutoencoderKL(nn.Module):
         """z: (B, latent_channels, h, w) unscaled latents -> (B, 3, h*f, w*f) images, nominally in [-1, 1]."""
         return self.decoder(z if self.post_quant_conv is None else self.post_quant_conv(z))
 
-    def decode_tiled(self, z: torch.Tensor, tile: int = 64, overlap: int = 16) -> torch.Tensor:
-        """`decode` in overlapping latent tiles of `tile`^2 blended linearly: peak memory of one tile."""
-        return tiled(self.decode, z, tile, overlap, self.config.downscale)
+    def decode_tiled(self, z: torch.Tensor, budget: int = BAND_BUDGET) -> torch.Tensor:
+        """`decode`, one band of rows at a time (see `in_bands`): same result, a fraction of the memory."""
+        return self.decoder.in_bands(z if self.post_quant_conv is None else self.post_quant_conv(z), budget)
 
-    def encode_tiled(self, x: torch.Tensor, tile: int = 512, overlap: int = 128) -> DiagonalGaussian:
-        """`encode` in overlapping image tiles, blending the moments (mean, logvar)."""
-        f = self.config.downscale
-        moments = tiled(lambda t: torch.cat([self.encode(t).mean, self.encode(t).logvar], 1), x, tile, overlap, 1 / f)
-        return DiagonalGaussian(moments)
+    def encode_tiled(self, x: torch.Tensor, budget: int = BAND_BUDGET) -> DiagonalGaussian:
+        """`encode`, one band of rows at a time (see `in_bands`)."""
+        moments = self.encoder.in_bands(x, budget)
+        return DiagonalGaussian(moments if self.quant_conv is None else self.quant_conv(moments))
 
 
-def tiled(fn, x: torch.Tensor, tile: int, overlap: int, scale: float) -> torch.Tensor:
-    """Apply a resolution-changing `fn` (output size = input size * scale) over overlapping tiles of x,
-    blending with weights that ramp linearly across each overlap (no seams where tiles meet)."""
-    H, W = x.shape[-2:]
-    if H <= tile and W <= tile:
-        return fn(x)
-    stride = tile - overlap
-    starts = lambda n: sorted({min(i, max(n - tile, 0)) for i in range(0, max(n - overlap, 1), stride)})
-    out = weight = None
-    for top in starts(H):
-        for left in starts(W):
-            y = fn(x[..., top:top + tile, left:left + tile])
-            h, w = y.shape[-2:]
-            ramp = lambda n, lead, trail: torch.minimum(
-                torch.ones(n), torch.minimum((torch.arange(n) + 1) / max(lead, 1) if lead else torch.ones(n),
-                                             (n - torch.arange(n)) / max(trail, 1) if trail else torch.ones(n)))
-            o = round(overlap * scale)
-            mask = (ramp(h, o if top else 0, o if top + tile < H else 0)[:, None]
-                    * ramp(w, o if left else 0, o if left + tile < W else 0)[None, :]).to(y)
-            if out is None:
-                out = y.new_zeros(*y.shape[:-2], round(H * scale), round(W * scale))
-                weight = y.new_zeros(round(H * scale), round(W * scale))
-            t, l = round(top * scale), round(left * scale)
-            out[..., t:t + h, l:l + w] += y * mask
-            weight[t:t + h, l:l + w] += mask
-    return out / weight
+# -- Tiling without seams ---------------------------------------------------------------------------------
+# Decoding overlapping tiles and blending them (diffusers' `enable_vae_tiling`) changes the image: each
+# tile normalises with its own GroupNorm statistics and sees zero padding at its edges, which shows as
+# seams. Here every layer runs over horizontal bands of rows instead, each band with the rows its kernel
+# reaches on either side, and every GroupNorm takes its statistics over the whole tensor first. The result
+# equals the one-call `decode` up to float rounding. Peak memory is a layer's input and output plus one
+# band's temporaries, instead of all the temporaries of the largest layer at full size; attention, at the
+# latent resolution, still sees every position.
+
+
+def norm_silu(norm: nn.GroupNorm, x: torch.Tensor):
+    """SiLU(GroupNorm(x)) with statistics over all of x (B, C, H, W), as a function of any band of x's rows."""
+    B, C = x.shape[:2]
+    var, mean = torch.var_mean(x.view(B, norm.num_groups, -1), dim=-1, correction=0)  # (B, groups)
+    scale = torch.rsqrt(var.float() + norm.eps).repeat_interleave(C // norm.num_groups, 1) * norm.weight  # (B, C)
+    shift = norm.bias - mean.float().repeat_interleave(C // norm.num_groups, 1) * scale
+    scale, shift = scale.to(x.dtype)[:, :, None, None], shift.to(x.dtype)[:, :, None, None]
+    return lambda rows: F.silu(torch.addcmul(shift, rows, scale))
+
+
+def conv_rows(conv: nn.Conv2d, rows, height: int, pad: tuple[int, int], budget: int,
+              out: torch.Tensor | None = None) -> torch.Tensor:
+    """conv(X), a band of output rows at a time, for the input X of `height` rows whose rows [lo, hi) are
+    `rows(lo, hi)` and which has `pad` = (top, bottom) zero rows around it (the conv's own vertical padding
+    is not used). Adds into `out` when given."""
+    (k, _), (s, _) = conv.kernel_size, conv.stride
+    out_h = (height + pad[0] + pad[1] - k) // s + 1
+    first = rows(0, min(k, height))
+    band = max(1, budget // (first.shape[0] * max(first.shape[1], conv.out_channels) * first.shape[-1] * s))
+    add = out is not None
+    for a in range(0, out_h, band):
+        b = min(a + band, out_h)
+        lo, hi = a * s - pad[0], (b - 1) * s - pad[0] + k  # input rows this band reads, in X's numbering
+        x = F.pad(rows(max(lo, 0), min(hi, height)), (0, 0, max(-lo, 0), max(hi - height, 0)))
+        y = F.conv2d(x, conv.weight, conv.bias, s, (0, conv.padding[1]), conv.dilation, conv.groups)
+        if out is None:
+            out = y.new_empty(*y.shape[:2], out_h, y.shape[-1])
+        if add:
+            out[:, :, a:b] += y
+        else:
+            out[:, :, a:b] = y
+    return out
+
+
+def resnet_in_bands(block: ResnetBlock, x: torch.Tensor, budget: int) -> torch.Tensor:
+    """block(x) for a VAE ResnetBlock (no time embedding). Reuses x's memory for the output when it can."""
+    H = x.shape[-2]
+    act = norm_silu(block.norm1, x)
+    h = conv_rows(block.conv1, lambda lo, hi: act(x[:, :, lo:hi]), H, (1, 1), budget)
+    skip = x if block.conv_shortcut is None else conv_rows(block.conv_shortcut, lambda lo, hi: x[:, :, lo:hi], H,
+                                                           (0, 0), budget)
+    act = norm_silu(block.norm2, h)
+    return conv_rows(block.conv2, lambda lo, hi: act(h[:, :, lo:hi]), H, (1, 1), budget, out=skip)
+
+
+def level_in_bands(level: "Level", x: torch.Tensor, budget: int) -> torch.Tensor:
+    for resnet in level.resnets:
+        x = resnet_in_bands(resnet, x, budget)
+    H = x.shape[-2]
+    for up in level.upsamplers or ():  # nearest 2x then 3x3 conv: rows [lo, hi) of the 2H-row upsampled x
+        x = conv_rows(up.conv, lambda lo, hi: F.interpolate(x[:, :, lo // 2:(hi + 1) // 2], scale_factor=2.0,
+                                                            mode="nearest")[:, :, lo % 2:lo % 2 + hi - lo],
+                      2 * H, (1, 1), budget)
+    for down in level.downsamplers or ():  # pads one zero row and column at the bottom and right, stride 2
+        x = conv_rows(down.conv, lambda lo, hi: F.pad(x[:, :, lo:hi], (0, 1)), H, (0, 1), budget)
+    return x
+
+
+def mid_in_bands(mid: MidBlock, x: torch.Tensor, budget: int) -> torch.Tensor:
+    x = resnet_in_bands(mid.resnets[0], x, budget)
+    if mid.attentions is not None:
+        x = mid.attentions[0](x)
+    return resnet_in_bands(mid.resnets[1], x, budget)
+
+
+def out_in_bands(norm: nn.GroupNorm, conv: nn.Conv2d, x: torch.Tensor, budget: int) -> torch.Tensor:
+    act = norm_silu(norm, x)
+    return conv_rows(conv, lambda lo, hi: act(x[:, :, lo:hi]), x.shape[-2], (1, 1), budget)
