@@ -62,7 +62,7 @@ def main() -> None:
     ours.set_progress_bar_config(disable=True)
     run("sumie eager", ours, lambda: ours(**kw, scheduler="euler", seed=0), device, steps)
     ours.unet.to(memory_format=torch.channels_last)
-    ours.compile(mode="max-autotune-no-cudagraphs" if device.type == "cuda" else None)
+    ours.compile(**({"mode": "max-autotune-no-cudagraphs"} if device.type == "cuda" else {}))
     run("sumie compiled", ours, lambda: ours(**kw, scheduler="euler", seed=0), device, steps)
     del ours
     theirs = diffusers.StableDiffusionPipeline.from_pretrained(folder, torch_dtype=dtype, safety_checker=None).to(device)

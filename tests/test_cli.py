@@ -101,3 +101,14 @@ def test_ctrl_c_keeps_finished_files_and_leaves_no_partial(sd1_folder, tmp_path)
     assert len(written) < 5
     for p in written:
         Image.open(p).verify()
+
+
+def test_compile_flag_gives_the_same_image(sd1_folder, tmp_path):
+    """--compile (packed weights on CPU) writes the image the plain path writes, to within one level."""
+    images = []
+    for flags in ([], ["--compile"]):
+        r = sumie("generate", "a cat", "--model", sd1_folder, "--steps", 2, "--height", 32, "--width", 32,
+                  "--seed", 3, "--outdir", tmp_path / str(len(images)), "--quiet", *flags)
+        assert r.returncode == 0, r.stderr
+        images.append(np.asarray(Image.open(r.stdout.strip()), dtype=np.int16))
+    assert np.abs(images[0] - images[1]).max() <= 1

@@ -37,21 +37,53 @@ def test_sequential_cpu_offload_moves_each_layer_for_its_forward(sd1_folder):
 
 
 def test_compile_matches_eager(sd1_folder):
-    plain, compiled = plain_and(sd1_folder, lambda p: p.compile())
+    """On CPU, compile() packs every network's weights; the inductor backend compiles the UNet."""
+    pipe = []
+    plain, packed = plain_and(sd1_folder, lambda p: (pipe.append(p), p.compile()))
+    assert np.abs(plain - packed).max() * 255 <= 0.05
+    packed_layers = [m for m in pipe[0].unet.modules() if "_packed" in m.__dict__]
+    assert len(packed_layers) == sum(type(m) in (torch.nn.Conv2d, torch.nn.Linear) for m in pipe[0].unet.modules())
+    plain, compiled = plain_and(sd1_folder, lambda p: p.compile(backend="inductor"))
     assert np.abs(plain - compiled).max() * 255 <= 0.05
 
 
+def test_packed_weights_follow_edits_and_step_aside_for_training():
+    from sumie import packing
+    torch.manual_seed(0)
+    model = torch.nn.Sequential(torch.nn.Conv2d(8, 16, 3, padding=1), torch.nn.Flatten(2), torch.nn.Linear(36, 5))
+    x = torch.randn(2, 8, 6, 6)
+    with torch.no_grad():
+        plain = model(x)
+        packing.pack(model)
+        assert torch.allclose(model(x), plain, atol=1e-5) and "_packed" in model[0].__dict__
+        model[0].weight.mul_(2)  # an in-place edit: the packed copy is remade
+        model[2].weight.zero_()
+        assert torch.allclose(model(x), model[2].bias.expand(2, 16, 5), atol=1e-6)
+        packing.unpack(model)
+        assert "_packed" not in model[0].__dict__
+    packing.pack(model)
+    model(x).sum().backward()  # with gradients the ordinary forward runs, so training still works
+    assert model[0].weight.grad is not None
+
+
 def test_vae_tiling_gives_the_plain_image(sd1_folder):
-    """Bands of one row each (the smallest budget) at odd sizes: the same image as the one-call decode,
-    far within the issue's mean <= 1 level; a 512^2 image (64^2 latent) in the default bands likewise."""
+    """Bands of one row each (the smallest budget) at odd sizes, and a 512^2 image (64^2 latent), which
+    `decode` already runs in bands: the one-call decoder's image, far within the issue's mean <= 1 level."""
     pipe = StableDiffusionPipeline.from_pretrained(sd1_folder)
-    for shape, band_mib in (((2, 4, 13, 9), 0), ((1, 4, 64, 64), 64)):
+    for shape, band_mib in (((2, 4, 13, 9), 0), ((1, 4, 64, 64), 16)):
         z = torch.randn(*shape, generator=torch.Generator().manual_seed(0)) * 5
+        vae = pipe.vae
+        with torch.no_grad():
+            one_call = (vae.decoder(vae.post_quant_conv(z / vae.config.scaling_factor)) / 2 + 0.5).clamp(0, 1)
         pipe.disable_vae_tiling()
-        plain = pipe.decode(z)
+        default = pipe.decode(z)
         pipe.enable_vae_tiling(band_mib)
         tiled = pipe.decode(z)
-        assert tiled.shape == plain.shape and (tiled - plain).abs().max() * 255 < 0.01, shape
+        pipe.compile()  # packed convolutions may hand back channels-last tensors
+        packed = pipe.decode(z)
+        pipe = StableDiffusionPipeline.from_pretrained(sd1_folder)
+        for image in (default, tiled, packed):
+            assert image.shape == one_call.shape and (image - one_call).abs().max() * 255 < 0.01, shape
 
 
 def test_vae_bands_are_exact_for_every_layer_kind(sd1_folder):

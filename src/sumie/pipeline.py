@@ -17,6 +17,7 @@ import numpy as np
 import torch
 from tqdm.auto import tqdm
 
+from . import packing
 from .errors import InputError, NumericalError
 from .layers import Attention
 from .schedulers import Sampling, randn, run
@@ -116,10 +117,10 @@ class StableDiffusionPipeline:
     def disable_attention_slicing(self) -> None:
         self.enable_attention_slicing(0)
 
-    def enable_vae_tiling(self, band_mib: float = 64) -> None:
-        """Decode layer by layer in bands of rows (about `band_mib` MiB of float32 input each), with
-        whole-image GroupNorm statistics: the same image without seams, at a fraction of the peak memory
-        (see `vae.AutoencoderKL.decode_tiled`)."""
+    def enable_vae_tiling(self, band_mib: float = 16) -> None:
+        """Decode layer by layer in bands of rows (about `band_mib` MiB of float32 input each) at every
+        size, with whole-image GroupNorm statistics: the same image without seams, in less memory (see
+        `vae.AutoencoderKL.decode_tiled`; `decode` already does this from 512x512 pixels up)."""
         self._vae_tiling = max(1, int(band_mib * 2 ** 18))
 
     def disable_vae_tiling(self) -> None:
@@ -151,12 +152,25 @@ class StableDiffusionPipeline:
                     module.register_forward_pre_hook(lambda m, args: move(m, target))
                     module.register_forward_hook(lambda m, args, out: move(m, torch.device("cpu")))
 
-    def compile(self, **options) -> "StableDiffusionPipeline":
-        """Compile the UNet with torch.compile (inductor; weights frozen into the graph, which lets oneDNN
-        pre-pack them on CPU). The first call per shape compiles; inductor caches the result on disk."""
-        import torch._inductor.config as inductor
-        inductor.freezing = True
-        self._compiled = torch.compile(self.unet, dynamic=False, **options)
+    def compile(self, backend: str | None = None, **options) -> "StableDiffusionPipeline":
+        """The fast path. backend "pack" (the default on CPU): every network's convolutions and linear
+        layers keep oneDNN-packed weights (see `packing`), ready at once, one more copy of the weights in
+        memory. backend "inductor" (the default elsewhere): torch.compile the UNet, `options` passed on;
+        on CPU with frozen weights, which compiles for about a minute per shape and process."""
+        backend = backend or ("pack" if self.execution_device.type == "cpu" else "inductor")
+        if backend == "pack":
+            if not packing.available():
+                raise InputError("this torch build has no oneDNN, so weights cannot be packed; "
+                                 "use pipe.compile(backend='inductor')")
+            for model in (self.text_encoder, self.unet, self.vae):
+                packing.pack(model)
+        elif backend == "inductor":
+            if self.execution_device.type == "cpu":
+                import torch._inductor.config as inductor
+                inductor.freezing = True  # weights become constants, which lets oneDNN pre-pack them
+            self._compiled = torch.compile(self.unet, dynamic=False, **options)
+        else:
+            raise InputError(f"unknown compile backend {backend!r}; use 'pack' or 'inductor'")
         return self
 
     @contextlib.contextmanager

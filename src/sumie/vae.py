@@ -14,7 +14,8 @@ from .config import VAEConfig
 from .layers import Attention, Downsample, ResnetBlock, Upsample
 
 EPS = 1e-6  # GroupNorm epsilon throughout the VAE
-BAND_BUDGET = 1 << 24  # elements of one band's input in decode_tiled/encode_tiled (64 MiB in float32)
+BAND_BUDGET = 1 << 22  # elements of one band's input in decode_tiled/encode_tiled (16 MiB in float32)
+BANDS_FROM = 512 * 512  # output pixels from which `decode` runs in bands: as fast as one call on CPU there
 
 
 class DiagonalGaussian:
@@ -154,11 +155,15 @@ class AutoencoderKL(nn.Module):
         return DiagonalGaussian(moments if self.quant_conv is None else self.quant_conv(moments))
 
     def decode(self, z: torch.Tensor) -> torch.Tensor:
-        """z: (B, latent_channels, h, w) unscaled latents -> (B, 3, h*f, w*f) images, nominally in [-1, 1]."""
-        return self.decoder(z if self.post_quant_conv is None else self.post_quant_conv(z))
+        """z: (B, latent_channels, h, w) unscaled latents -> (B, 3, h*f, w*f) images, nominally in [-1, 1].
+        From BANDS_FROM pixels up, in bands of rows (`decode_tiled`): the same result in less memory."""
+        z = z if self.post_quant_conv is None else self.post_quant_conv(z)
+        if z.shape[-2] * z.shape[-1] * self.config.downscale ** 2 >= BANDS_FROM:
+            return self.decoder.in_bands(z, BAND_BUDGET)
+        return self.decoder(z)
 
     def decode_tiled(self, z: torch.Tensor, budget: int = BAND_BUDGET) -> torch.Tensor:
-        """`decode`, one band of rows at a time (see `in_bands`): same result, a fraction of the memory."""
+        """`decode`, one band of rows at a time at any size (see `in_bands`): same result, less memory."""
         return self.decoder.in_bands(z if self.post_quant_conv is None else self.post_quant_conv(z), budget)
 
     def encode_tiled(self, x: torch.Tensor, budget: int = BAND_BUDGET) -> DiagonalGaussian:
@@ -180,23 +185,23 @@ class AutoencoderKL(nn.Module):
 def norm_silu(norm: nn.GroupNorm, x: torch.Tensor):
     """SiLU(GroupNorm(x)) with statistics over all of x (B, C, H, W), as a function of any band of x's rows."""
     B, C = x.shape[:2]
-    var, mean = torch.var_mean(x.view(B, norm.num_groups, -1), dim=-1, correction=0)  # (B, groups)
+    var, mean = torch.var_mean(x.unflatten(1, (norm.num_groups, -1)), dim=(2, 3, 4), correction=0)  # (B, groups)
     scale = torch.rsqrt(var.float() + norm.eps).repeat_interleave(C // norm.num_groups, 1) * norm.weight  # (B, C)
     shift = norm.bias - mean.float().repeat_interleave(C // norm.num_groups, 1) * scale
     scale, shift = scale.to(x.dtype)[:, :, None, None], shift.to(x.dtype)[:, :, None, None]
-    return lambda rows: F.silu(torch.addcmul(shift, rows, scale))
+    return lambda rows: F.silu(torch.addcmul(shift, rows, scale), inplace=True)
 
 
 def conv_rows(conv: nn.Conv2d, rows, height: int, pad: tuple[int, int], budget: int,
-              out: torch.Tensor | None = None) -> torch.Tensor:
+              out: torch.Tensor | None = None, add: bool = True) -> torch.Tensor:
     """conv(X), a band of output rows at a time, for the input X of `height` rows whose rows [lo, hi) are
     `rows(lo, hi)` and which has `pad` = (top, bottom) zero rows around it (the conv's own vertical padding
-    is not used). Adds into `out` when given."""
+    is not used). Adds into `out` when given (or writes into it, add=False)."""
     (k, _), (s, _) = conv.kernel_size, conv.stride
     out_h = (height + pad[0] + pad[1] - k) // s + 1
     first = rows(0, min(k, height))
     band = max(1, budget // (first.shape[0] * max(first.shape[1], conv.out_channels) * first.shape[-1] * s))
-    add = out is not None
+    add = add and out is not None
     for a in range(0, out_h, band):
         b = min(a + band, out_h)
         lo, hi = a * s - pad[0], (b - 1) * s - pad[0] + k  # input rows this band reads, in X's numbering
@@ -216,8 +221,10 @@ def resnet_in_bands(block: ResnetBlock, x: torch.Tensor, budget: int) -> torch.T
     H = x.shape[-2]
     act = norm_silu(block.norm1, x)
     h = conv_rows(block.conv1, lambda lo, hi: act(x[:, :, lo:hi]), H, (1, 1), budget)
-    skip = x if block.conv_shortcut is None else conv_rows(block.conv_shortcut, lambda lo, hi: x[:, :, lo:hi], H,
-                                                           (0, 0), budget)
+    skip, shortcut = x, block.conv_shortcut
+    if shortcut is not None:  # 1x1: with fewer channels (decoder), each band's result fits where its input was
+        into = x[:, :shortcut.out_channels] if shortcut.out_channels <= x.shape[1] else None
+        skip = conv_rows(shortcut, lambda lo, hi: x[:, :, lo:hi], H, (0, 0), budget, out=into, add=False)
     act = norm_silu(block.norm2, h)
     return conv_rows(block.conv2, lambda lo, hi: act(h[:, :, lo:hi]), H, (1, 1), budget, out=skip)
 

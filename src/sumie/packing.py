@@ -1,0 +1,78 @@
+"""Pre-packed weights for CPU inference: what `pipe.compile()` does on a CPU.
+
+oneDNN, which runs torch's convolutions and matrix multiplies on x86 CPUs, computes on weights in a
+blocked layout of its own. A plain `F.conv2d` / `F.linear` call converts the weight into that layout on
+every call; for the UNet's 1280-channel layers at 8x8 or 16x16 positions the conversion costs about as
+much as the arithmetic. `pack(model)` makes each Conv2d and Linear convert its weight once, for the input
+shape it sees, and keep the packed copy. The numbers are the same within float rounding, a UNet step
+takes about a third less time, and the process holds a second copy of the packed weights, which is why
+this is an option and not the default.
+
+The packed copy is remade when the weight changes (in-place edits bump its version) or the input shape
+changes. Anything but float32 CPU inference (training, CUDA, half precision, torch.compile tracing)
+takes the layer's ordinary forward.
+"""
+
+from __future__ import annotations
+
+import types
+
+import torch
+from torch import nn
+
+
+def _usable(x: torch.Tensor, weight: torch.Tensor) -> bool:
+    return (x.device.type == "cpu" and x.dtype == weight.dtype == torch.float32
+            and not (torch.is_grad_enabled() and (x.requires_grad or weight.requires_grad))
+            and not torch.compiler.is_compiling())
+
+
+def _packed(module: nn.Module, shape_key, make) -> torch.Tensor:
+    """module's packed weight for inputs keyed by `shape_key`; only the latest one is kept."""
+    key = (module.weight.data_ptr(), module.weight._version, shape_key)
+    cached = module.__dict__.get("_packed")
+    if cached is None or cached[0] != key:
+        cached = module.__dict__["_packed"] = (None, None)  # free the old copy before making the new one
+        cached = module.__dict__["_packed"] = (key, make())
+    return cached[1]
+
+
+def _conv2d(self: nn.Conv2d, x: torch.Tensor) -> torch.Tensor:
+    # x: (B, C_in, H, W) -> (B, C_out, H', W')
+    if not _usable(x, self.weight) or x.dim() != 4:
+        return nn.Conv2d.forward(self, x)
+    args = (list(self.padding), list(self.stride), list(self.dilation), self.groups)
+    weight = _packed(self, tuple(x.shape),
+                     lambda: torch.ops.mkldnn._reorder_convolution_weight(self.weight, *args, list(x.shape)))
+    return torch.ops.mkldnn._convolution_pointwise(x, weight, self.bias, *args, "none", [], "")
+
+
+def _linear(self: nn.Linear, x: torch.Tensor) -> torch.Tensor:
+    # x: (..., in) -> (..., out)
+    if not _usable(x, self.weight):
+        return nn.Linear.forward(self, x)
+    rows = x.numel() // x.shape[-1]
+    weight = _packed(self, rows, lambda: torch.ops.mkldnn._reorder_linear_weight(self.weight, rows))
+    return torch.ops.mkldnn._linear_pointwise(x, weight, self.bias, "none", [], "")
+
+
+def available() -> bool:
+    return torch.backends.mkldnn.is_available() and hasattr(torch.ops.mkldnn, "_convolution_pointwise")
+
+
+def pack(model: nn.Module) -> nn.Module:
+    """Give every Conv2d (zero padding, numeric) and Linear of `model` a packed-weight forward, in place."""
+    for m in model.modules():
+        if type(m) is nn.Conv2d and m.padding_mode == "zeros" and not isinstance(m.padding, str):
+            m.forward = types.MethodType(_conv2d, m)
+        elif type(m) is nn.Linear:
+            m.forward = types.MethodType(_linear, m)
+    return model
+
+
+def unpack(model: nn.Module) -> nn.Module:
+    """Undo `pack`: ordinary forwards, packed copies freed."""
+    for m in model.modules():
+        m.__dict__.pop("forward", None)
+        m.__dict__.pop("_packed", None)
+    return model
