@@ -97,3 +97,21 @@ def test_vae_bands_are_exact_for_every_layer_kind(sd1_folder):
         for a, b in ((vae.encode(x).mean, vae.encode_tiled(x, budget=1).mean),
                      (vae.decode(z), vae.decode_tiled(z, budget=1))):
             assert a.shape == b.shape and torch.allclose(a, b, atol=1e-5), (a - b).abs().max()
+
+
+def test_vae_bands_take_group_statistics_in_float32(sd1_folder):
+    """In half precision the bands' GroupNorm statistics are float32, as in GroupNorm itself: activations
+    whose variance overflows float16 (here 300^2 > 65504) still decode like the one-call path."""
+    from sumie.weights import load_model
+    vae = load_model(sd1_folder).vae.to(torch.bfloat16)
+    z = torch.randn(1, 4, 9, 7, generator=torch.Generator().manual_seed(2)) * 300
+    from sumie.vae import norm_silu
+    norm = torch.nn.GroupNorm(4, 8)
+    x = torch.randn(2, 8, 6, 5, generator=torch.Generator().manual_seed(3)) * 300
+    with torch.no_grad():
+        expected = torch.nn.functional.silu(norm(x))
+        half = norm_silu(norm.half(), x.half())(x.half())
+        assert torch.isfinite(half).all() and torch.allclose(half.float(), expected, atol=2e-2)
+        one_call = vae.decoder(vae.post_quant_conv(z.bfloat16())).float()
+        bands = vae.decode_tiled(z.bfloat16(), budget=1).float()
+    assert (bands - one_call).abs().mean() < 0.02 * one_call.abs().mean()

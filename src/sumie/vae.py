@@ -185,9 +185,14 @@ class AutoencoderKL(nn.Module):
 def norm_silu(norm: nn.GroupNorm, x: torch.Tensor):
     """SiLU(GroupNorm(x)) with statistics over all of x (B, C, H, W), as a function of any band of x's rows."""
     B, C = x.shape[:2]
-    var, mean = torch.var_mean(x.unflatten(1, (norm.num_groups, -1)), dim=(2, 3, 4), correction=0)  # (B, groups)
-    scale = torch.rsqrt(var.float() + norm.eps).repeat_interleave(C // norm.num_groups, 1) * norm.weight  # (B, C)
-    shift = norm.bias - mean.float().repeat_interleave(C // norm.num_groups, 1) * scale
+    groups = x.unflatten(1, (norm.num_groups, -1))  # (B, groups, C/groups, H, W)
+    if x.dtype == torch.float32:
+        var, mean = torch.var_mean(groups, dim=(2, 3, 4), correction=0)  # (B, groups)
+    else:  # in float32 like GroupNorm itself (a half-precision variance overflows), one group at a time
+        var, mean = (torch.stack(s, 1) for s in zip(*(
+            torch.var_mean(groups[:, g].float(), dim=(1, 2, 3), correction=0) for g in range(norm.num_groups))))
+    scale = torch.rsqrt(var + norm.eps).repeat_interleave(C // norm.num_groups, 1) * norm.weight.float()  # (B, C)
+    shift = norm.bias.float() - mean.repeat_interleave(C // norm.num_groups, 1) * scale
     scale, shift = scale.to(x.dtype)[:, :, None, None], shift.to(x.dtype)[:, :, None, None]
     return lambda rows: F.silu(torch.addcmul(shift, rows, scale), inplace=True)
 
