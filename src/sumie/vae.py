@@ -222,7 +222,7 @@ def conv_rows(conv: nn.Conv2d, rows, height: int, pad: tuple[int, int], budget: 
 
 
 def resnet_in_bands(block: ResnetBlock, x: torch.Tensor, budget: int) -> torch.Tensor:
-    """block(x) for a VAE ResnetBlock (no time embedding). Reuses x's memory for the output when it can."""
+    """block(x) for a VAE ResnetBlock (no time embedding). x may be overwritten: its memory can hold the output."""
     H = x.shape[-2]
     act = norm_silu(block.norm1, x)
     h = conv_rows(block.conv1, lambda lo, hi: act(x[:, :, lo:hi]), H, (1, 1), budget)
