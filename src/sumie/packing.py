@@ -4,9 +4,9 @@ oneDNN, which runs torch's convolutions and matrix multiplies on x86 CPUs, compu
 blocked layout of its own. A plain `F.conv2d` / `F.linear` call converts the weight into that layout on
 every call; for the UNet's 1280-channel layers at 8x8 or 16x16 positions the conversion costs about as
 much as the arithmetic. `pack(model)` makes each Conv2d and Linear convert its weight once, for the input
-shape it sees, and keep the packed copy. The numbers are the same within float rounding, a UNet step
-takes about a third less time, and the process holds a second copy of the packed weights, which is why
-this is an option and not the default.
+shape it sees, and keep the packed copy. The numbers are the same within float rounding, a 256² UNet
+step takes 13-30% less time on a 2-core AVX2 machine (docs/benchmarks.md), and the process holds a second,
+packed copy of the weights, which is why this is an option and not the default.
 
 The packed copy is remade when the weight changes (in-place edits bump its version) or the input shape
 changes. Anything but float32 CPU inference (training, CUDA, half precision, torch.compile tracing)
