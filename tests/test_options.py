@@ -1,5 +1,7 @@
 """Speed and memory options give the plain path's images (issue 7)."""
 
+import re
+
 import numpy as np
 import pytest
 import torch
@@ -45,6 +47,11 @@ def test_compile_matches_eager(sd1_folder):
     assert len(packed_layers) == sum(type(m) in (torch.nn.Conv2d, torch.nn.Linear) for m in pipe[0].unet.modules())
     plain, compiled = plain_and(sd1_folder, lambda p: p.compile(backend="inductor"))
     assert np.abs(plain - compiled).max() * 255 <= 0.05
+    from sumie.errors import InputError
+    for kwargs, needle in (({"backend": "jit"}, "unknown compile backend 'jit'"),
+                           ({"mode": "max-autotune"}, "apply with pipe.compile(backend='inductor')")):
+        with pytest.raises(InputError, match=re.escape(needle)):
+            pipe[0].compile(**kwargs)
 
 
 def test_packed_weights_follow_edits_and_step_aside_for_training():

@@ -159,6 +159,9 @@ class StableDiffusionPipeline:
         on CPU with frozen weights, which compiles for about a minute per shape and process."""
         backend = backend or ("pack" if self.execution_device.type == "cpu" else "inductor")
         if backend == "pack":
+            if options:
+                raise InputError(f"compile options {sorted(options)} are torch.compile's; they apply with "
+                                 f"pipe.compile(backend='inductor')")
             if not packing.available():
                 raise InputError("this torch build has no oneDNN, so weights cannot be packed; "
                                  "use pipe.compile(backend='inductor')")
