@@ -80,13 +80,11 @@ def next_index(outdir: Path) -> int:
 
 
 def cmd_generate(args) -> int:
-    from . import __version__
+    from . import __version__, tiny
     from .images import format_parameters, image_grid, save_png
     from .pipeline import StableDiffusionPipeline
     from .schedulers import spec_for
     from .weights import model_hash
-
-    from . import tiny
 
     given = {k: v for k, v in vars(args).items() if v is not None}
     from_image = settings_from_image(args.params_from) if args.params_from else {}
@@ -249,7 +247,8 @@ def build_parser() -> argparse.ArgumentParser:
     g.add_argument("--params-from", dest="params_from", metavar="IMAGE.png",
                    help="re-create an image from its stored parameters; other options override them")
     g.add_argument("--quiet", action="store_true", help="no progress bar")
-    g.add_argument("--compile", action="store_true", help="fast path: oneDNN-packed weights on CPU (more memory), torch.compile on a GPU (slow first image)")
+    g.add_argument("--compile", action="store_true",
+                   help="fast path: oneDNN-packed weights on CPU (more memory), torch.compile on a GPU (slow first image)")
     _model_options(g)
     g.set_defaults(func=cmd_generate)
 

@@ -30,10 +30,11 @@ def _usable(x: torch.Tensor, weight: torch.Tensor) -> bool:
 def _packed(module: nn.Module, shape_key, make) -> torch.Tensor:
     """module's packed weight for inputs keyed by `shape_key`; only the latest one is kept."""
     key = (module.weight.data_ptr(), module.weight._version, shape_key)
-    cached = module.__dict__.get("_packed")
+    cached = module.__dict__.pop("_packed", None)
     if cached is None or cached[0] != key:
-        cached = module.__dict__["_packed"] = (None, None)  # free the old copy before making the new one
-        cached = module.__dict__["_packed"] = (key, make())
+        cached = None  # the old copy is freed before the new one is made
+        cached = (key, make())
+    module.__dict__["_packed"] = cached
     return cached[1]
 
 

@@ -139,7 +139,7 @@ class StableDiffusionPipeline:
         target = torch.device(device)
 
         def move(module: torch.nn.Module, to: torch.device) -> None:
-            for name, p in module._parameters.items():
+            for p in module._parameters.values():
                 if p is not None:
                     p.data = p.data.to(to)
             for name, b in module._buffers.items():

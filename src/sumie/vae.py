@@ -157,10 +157,9 @@ class AutoencoderKL(nn.Module):
     def decode(self, z: torch.Tensor) -> torch.Tensor:
         """z: (B, latent_channels, h, w) unscaled latents -> (B, 3, h*f, w*f) images, nominally in [-1, 1].
         From BANDS_FROM pixels up, in bands of rows (`decode_tiled`): the same result in less memory."""
-        z = z if self.post_quant_conv is None else self.post_quant_conv(z)
         if z.shape[-2] * z.shape[-1] * self.config.downscale ** 2 >= BANDS_FROM:
-            return self.decoder.in_bands(z, BAND_BUDGET)
-        return self.decoder(z)
+            return self.decode_tiled(z)
+        return self.decoder(z if self.post_quant_conv is None else self.post_quant_conv(z))
 
     def decode_tiled(self, z: torch.Tensor, budget: int = BAND_BUDGET) -> torch.Tensor:
         """`decode`, one band of rows at a time at any size (see `in_bands`): same result, less memory."""

@@ -9,6 +9,6 @@ from pathlib import Path
 
 NAME = "sumie-tiny"
 MODEL_DIR = Path(__file__).parent / "model"
-# Default sampling for the shipped model: chosen by `sumie eval-tiny` for quality at speed (docs/tiny.md).
+# Default sampling for the shipped model: set before training, confirmed by `sumie eval-tiny` (docs/tiny.md).
 STEPS = 20
 GUIDANCE = 5.0
