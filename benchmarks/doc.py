@@ -16,3 +16,11 @@ def write_section(head: str, body: str) -> None:
     else:
         text = text.rstrip("\n") + "\n\n" + section
     DOC.write_text(text)
+
+
+def report(head: str, lines: list[str], write: bool) -> None:
+    """Print a benchmark's markdown lines; with `write`, also make them the `head` section of the doc."""
+    body = "\n".join(lines)
+    print(body)
+    if write:
+        write_section(head, body)

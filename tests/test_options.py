@@ -73,6 +73,37 @@ def test_packed_weights_follow_edits_and_step_aside_for_training():
     assert model[0].weight.grad is not None
 
 
+@pytest.mark.parametrize("shape", [(2, 256, 8, 8), (1, 256, 9, 13)])
+@pytest.mark.parametrize("bias", [True, False])
+def test_winograd_convolution_equals_the_direct_one(shape, bias):
+    """F(2x2, 3x3) on even and odd sizes, channels-last or not, within float rounding of a float64 conv."""
+    from sumie import winograd
+    torch.manual_seed(0)
+    conv = torch.nn.Conv2d(shape[1], 384, 3, padding=1, bias=bias)
+    x = torch.randn(shape)
+    with torch.no_grad():
+        exact = conv.double()(x.double())
+        conv.float()
+        for inp in (x, x.contiguous(memory_format=torch.channels_last)):
+            y = winograd.conv3x3(inp, winograd.transform_weight(conv.weight), conv.bias)
+            assert y.shape == exact.shape and (y.double() - exact).abs().max() < 1e-5
+
+
+def test_packed_convolutions_take_winograd_where_it_is_faster():
+    from sumie import packing
+    torch.manual_seed(0)
+    wide, narrow = torch.nn.Conv2d(256, 256, 3, padding=1), torch.nn.Conv2d(192, 192, 3, padding=1)
+    with torch.no_grad():
+        for conv, size, kind in ((wide, 8, "winograd"), (wide, 4, (2, 256, 4, 4)), (narrow, 8, (2, 192, 8, 8))):
+            x = torch.randn(2, conv.in_channels, size, size)
+            plain = conv(x)
+            packing.pack(conv)
+            assert torch.allclose(conv(x), plain, atol=1e-5) and conv.__dict__["_packed"][0][2] == kind
+            conv.weight[0].zero_()  # an in-place edit: the transformed copy is remade
+            assert conv(x)[:, 0].sub(conv.bias[0]).abs().max() < 1e-6
+            packing.unpack(conv)
+
+
 def test_vae_tiling_gives_the_plain_image(sd1_folder):
     """Bands of one row each (the smallest budget) at odd sizes, and a 512^2 image (64^2 latent), which
     `decode` already runs in bands: the one-call decoder's image, far within the issue's mean <= 1 level."""

@@ -248,7 +248,7 @@ def build_parser() -> argparse.ArgumentParser:
                    help="re-create an image from its stored parameters; other options override them")
     g.add_argument("--quiet", action="store_true", help="no progress bar")
     g.add_argument("--compile", action="store_true",
-                   help="fast path: oneDNN-packed weights on CPU (more memory), torch.compile on a GPU (slow first image)")
+                   help="fast path: packed and Winograd weights on CPU (more memory), torch.compile on a GPU (slow first image)")
     _model_options(g)
     g.set_defaults(func=cmd_generate)
 

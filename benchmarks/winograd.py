@@ -1,0 +1,81 @@
+"""Winograd F(2x2, 3x3) against oneDNN's packed convolution on the 3x3 layers SD 1.5 runs at 256².
+
+    python benchmarks/winograd.py [--write]
+
+Records every Conv2d call of one guided UNet step (batch 2, 32x32 latents) and one VAE decode (32x32
+latent) on the full SD 1.5 architecture with random weights, keeps the shapes `sumie.winograd.fits`
+accepts and the 3x3 shapes it turns down, and times each both ways in one process: oneDNN with its
+weights packed once (what `compile()` did before), and `winograd.conv3x3`. Also the max error of each
+against a float64 convolution. `--write` refreshes the "Winograd convolution" section of docs/benchmarks.md.
+"""
+
+from __future__ import annotations
+
+import sys
+from pathlib import Path
+
+import torch
+import torch.nn.functional as F
+
+ROOT = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(ROOT / "benchmarks"))
+
+
+def conv_calls(model, run) -> dict:
+    """(network, input shape, weight shape) -> [conv, calls] for the 3x3 stride-1 convs `run` makes."""
+    calls = {}
+
+    def hook(conv, args, _):
+        if conv.kernel_size == (3, 3) and conv.stride == (1, 1):
+            calls.setdefault((tuple(args[0].shape), tuple(conv.weight.shape)), [conv, 0])[1] += 1
+    hooks = [m.register_forward_hook(hook) for m in model.modules() if type(m) is torch.nn.Conv2d]
+    with torch.no_grad():
+        run()
+    for h in hooks:
+        h.remove()
+    return calls
+
+
+def main() -> None:
+    from floor import median_time, setup
+
+    from sumie import winograd
+    args, model = setup()
+    ctx = torch.randn(2, 77, 768)
+    runs = {"UNet": conv_calls(model.unet, lambda: model.unet(torch.randn(2, 4, 32, 32), 500,
+                                                               encoder_hidden_states=ctx)),
+            "VAE": conv_calls(model.vae, lambda: model.vae.decode(torch.randn(1, 4, 32, 32)))}
+    lines = [f"- Command: `python benchmarks/winograd.py` (torch {torch.__version__}, float32, 2 threads, median of "
+             f"{args.repeats}; error: max abs difference from a float64 convolution)", "",
+             "| network | input | output channels | calls | Winograd | oneDNN packed | Winograd / oneDNN | "
+             "error oneDNN | error Winograd |", "| --- | --- | --- | --- | --- | --- | --- | --- | --- |"]
+    totals = {}
+    with torch.no_grad():
+        for net, calls in runs.items():
+            for (shape, wshape), (conv, n) in calls.items():
+                x = torch.randn(shape)
+                pads = ([1, 1], [1, 1], [1, 1], 1)
+                packed = torch.ops.mkldnn._reorder_convolution_weight(conv.weight, *pads, list(shape))
+                onednn = lambda: torch.ops.mkldnn._convolution_pointwise(x, packed, conv.bias, *pads, "none", [], "")
+                U = winograd.transform_weight(conv.weight)
+                wino = lambda: winograd.conv3x3(x, U, conv.bias)
+                exact = F.conv2d(x.double(), conv.weight.double(), conv.bias.double(), padding=1)
+                errors = [(f().double() - exact).abs().max().item() for f in (onednn, wino)]
+                a, b = median_time(onednn, args.repeats), median_time(wino, args.repeats)
+                used = winograd.fits(conv, x)
+                if used:
+                    t = totals.setdefault(net, [0.0, 0.0])
+                    t[0] += n * a
+                    t[1] += n * b
+                lines.append(f"| {net} | {'x'.join(map(str, shape))} | {wshape[0]} | {n} | "
+                             f"{'used' if used else 'not used'}, {b * 1e3:.1f} ms | {a * 1e3:.1f} ms | "
+                             f"{b / a:.2f} | {errors[0]:.1e} | {errors[1]:.1e} |")
+    lines.append("")
+    lines += [f"- {net}: the layers Winograd is used for take {b:.2f} s per {'step' if net == 'UNet' else 'decode'} "
+              f"against oneDNN's {a:.2f} s (**{b / a:.2f}×**)." for net, (a, b) in totals.items()]
+    from doc import report
+    report("## Winograd convolution (issue 7)", lines, args.write)
+
+
+if __name__ == "__main__":
+    main()
