@@ -90,7 +90,8 @@ def test_ctrl_c_keeps_finished_files_and_leaves_no_partial(sd1_folder, tmp_path)
     proc = subprocess.Popen([sys.executable, "-m", "sumie.cli", "generate", "x", "--model", str(sd1_folder),
                              "--steps", "400", "--height", "64", "--width", "64", "--n", "5", "--seed", "1",
                              "--outdir", str(out), "--quiet"], stdout=subprocess.PIPE, stderr=subprocess.PIPE,
-                            text=True)
+                            text=True, preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL))
+    # ^ a shell starts background jobs with SIGINT ignored, and the child would inherit that
     first = proc.stdout.readline().strip()  # blocks until the first image is written
     time.sleep(0.3)
     proc.send_signal(signal.SIGINT)
