@@ -124,9 +124,9 @@ def main() -> None:
     folder, _ = write_model()
     mine = ["sumie"] + (["sumie-compiled"] if args.compile else []) + (["sumie-inductor"] if args.inductor else [])
     groups = [mine[:2]] + [mine[2:]] * args.inductor  # inductor's compiled UNet needs a process of its own
-    together = {lib: run("together", ",".join(group), folder, args.repeats) for group in groups for lib in group[:1]}
-    paired = {lib: {k: [v[lib], v["diffusers"]] for k, v in together[group[0]].items() if lib in v}
-              for group in groups for lib in group}
+    together = [(group, run("together", ",".join(group), folder, args.repeats)) for group in groups]
+    paired = {lib: {k: [v[lib], v["diffusers"]] for k, v in times.items() if lib in v}
+              for group, times in together for lib in group}
     alone = {lib: [] for lib in mine + ["diffusers"]}
     for _ in range(args.repeats):
         for lib in alone:

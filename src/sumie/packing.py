@@ -7,8 +7,8 @@ much as the arithmetic. `pack(model)` makes each Conv2d and Linear convert its w
 shape it sees, and keep the packed copy. Wide 3x3 convolutions instead keep their Winograd-transformed
 weights (`sumie.winograd`), which need 2.25x fewer multiplies. The numbers are the same within float
 rounding, a 256² UNet step takes 0.62-0.67x the plain time on a 2-core AVX2 machine (docs/benchmarks.md),
-and the process holds a second, packed copy of the weights, which is why this is an option and not the
-default.
+and the process holds a second, packed copy of the weights (16/9 the size for Winograd layers), which is
+why this is an option and not the default.
 
 The packed copy is remade when the weight changes (in-place edits bump its version) or the input shape
 changes. Anything but float32 CPU inference (training, CUDA, half precision, torch.compile tracing)

@@ -12,9 +12,9 @@ layer shapes its max error against a float64 convolution is about 2e-6, oneDNN's
 
 What it buys depends on the shape. With 256 or more channels on both sides and at least 8x8 positions,
 a 2-core AVX2 machine computes SD's 3x3 layers in 0.6-0.95x the time of oneDNN's packed convolution,
-0.75x over those of a 256² UNet step (docs/benchmarks.md, "Winograd convolution"). With fewer channels the transforms (memory traffic)
-outweigh the saved arithmetic, and at 4x4 positions the layer is bound by reading its weights, which
-the transform makes 16/9 as large. `fits` encodes that rule.
+0.75x over those of a 256² UNet step (docs/benchmarks.md, "Winograd convolution"). With fewer channels
+the transforms (memory traffic) outweigh the saved arithmetic, and at 4x4 positions the layer is bound
+by reading its weights, which the transform makes 16/9 as large. `fits` encodes that rule.
 """
 
 from __future__ import annotations
@@ -43,22 +43,22 @@ def transform_weight(weight: torch.Tensor) -> torch.Tensor:
     return torch.mm(GG, weight.reshape(O * C, 9).t()).view(16, O, C).transpose(1, 2)
 
 
-def _input_transform(xp: torch.Tensor, V: torch.Tensor) -> None:
-    """V = B^T d B for the 4x4 tiles d of xp at stride 2: (B, 2n+2, 2m+2, C) -> V (4, 4, B, n, m, C).
+def _times_bt(d: list[torch.Tensor], out) -> None:
+    """out[i] = sum over k of B^T[i, k] d[k], B^T = [[1, 0, -1, 0], [0, 1, 1, 0], [0, -1, 1, 0], [0, 1, 0, -1]]."""
+    torch.sub(d[0], d[2], out=out[0])
+    torch.add(d[1], d[2], out=out[1])
+    torch.sub(d[2], d[1], out=out[2])
+    torch.sub(d[1], d[3], out=out[3])
 
-    B^T = [[1, 0, -1, 0], [0, 1, 1, 0], [0, -1, 1, 0], [0, 1, 0, -1]], applied to rows, then columns."""
+
+def _input_transform(xp: torch.Tensor, V: torch.Tensor) -> None:
+    """V = B^T d B for the 4x4 tiles d of xp at stride 2: (B, 2n+2, 2m+2, C) -> V (4, 4, B, n, m, C);
+    B^T applied to rows, then columns."""
     n, m = V.shape[3:5]
     d = [xp[:, k:k + 2 * n:2] for k in range(4)]  # row k of every tile: (B, n, 2m+2, C)
     r = xp.new_empty(4, *d[0].shape)
-    torch.sub(d[0], d[2], out=r[0])
-    torch.add(d[1], d[2], out=r[1])
-    torch.sub(d[2], d[1], out=r[2])
-    torch.sub(d[1], d[3], out=r[3])
-    d = [r[:, :, :, k:k + 2 * m:2] for k in range(4)]  # column k: (4, B, n, m, C)
-    torch.sub(d[0], d[2], out=V[:, 0])
-    torch.add(d[1], d[2], out=V[:, 1])
-    torch.sub(d[2], d[1], out=V[:, 2])
-    torch.sub(d[1], d[3], out=V[:, 3])
+    _times_bt(d, r)
+    _times_bt([r[:, :, :, k:k + 2 * m:2] for k in range(4)], V.unbind(1))  # column k: (4, B, n, m, C)
 
 
 def _output_transform(M: torch.Tensor, y: torch.Tensor) -> None:
