@@ -47,8 +47,10 @@ print(json.dumps({"seconds": seconds, "touched": touched, "peak_rss_gb": hwm / 2
 """
 
 
-def write_model() -> tuple[Path, Path]:
-    folder, single = CACHE / "sd15-random", CACHE / "sd15-random.safetensors"
+def write_model(single: bool = True) -> tuple[Path, Path] | Path:
+    """The cached model folder, and (with `single`) its single-file copy; written on first use."""
+    CACHE.mkdir(parents=True, exist_ok=True)
+    folder, path = CACHE / "sd15-random", CACHE / "sd15-random.safetensors"
     if not (folder / "model_index.json").exists():
         sys.path.insert(0, str(ROOT / "tests"))
         import torch
@@ -65,10 +67,12 @@ def write_model() -> tuple[Path, Path]:
             tokenizer=CLIPTokenizer.from_pretrained(CACHE / "vocab"), scheduler=PNDMScheduler.from_config(load("scheduler")),
             safety_checker=None, feature_extractor=None, requires_safety_checker=False)
         pipe.save_pretrained(folder)
-    if not single.exists():
+    if not single:
+        return folder
+    if not path.exists():
         from sumie.weights import convert
-        convert(folder, single)
-    return folder, single
+        convert(folder, path)
+    return folder, path
 
 
 def main() -> None:

@@ -153,3 +153,26 @@ def test_vae_bands_take_group_statistics_in_float32(sd1_folder):
         one_call = vae.decoder(vae.post_quant_conv(z.bfloat16())).float()
         bands = vae.decode_tiled(z.bfloat16(), budget=1).float()
     assert (bands - one_call).abs().mean() < 0.02 * one_call.abs().mean()
+
+
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU")
+def test_on_cuda_the_options_give_the_cpu_image(sd1_folder):
+    """A seed gives the CPU's image on the GPU; so do banded decode, sequential offload (whose banded
+    decode runs no forward hooks, so the weights must follow the input) and compile() (CUDA graphs)."""
+    torch.backends.cudnn.allow_tf32 = False  # exact mode
+    pipe = StableDiffusionPipeline.from_pretrained(sd1_folder)
+    pipe.set_progress_bar_config(disable=True)
+    cpu = pipe(**KW).images
+    results = {"cuda": pipe.to("cuda")(**KW).images}
+    pipe.enable_vae_tiling(0)
+    results["banded"] = pipe(**KW).images
+    results["compiled"] = pipe.compile()(**KW).images
+    assert pipe._compiled is not None
+    offloaded = StableDiffusionPipeline.from_pretrained(sd1_folder)
+    offloaded.set_progress_bar_config(disable=True)
+    offloaded.enable_sequential_cpu_offload("cuda")
+    offloaded.enable_vae_tiling(0)
+    results["sequential offload"] = offloaded(**KW).images
+    assert all(p.device.type == "cpu" for p in offloaded.vae.parameters())
+    for name, images in results.items():
+        assert np.abs(images - cpu).max() * 255 <= 0.05, name

@@ -76,6 +76,18 @@ def test_nan_latents_raise_clear_error(sd1_folder):
         pipe.decode(torch.full((1, 4, 4, 4), float("nan")))
 
 
+def test_half_precision_decode_that_overflows_is_redone_in_float32(sd1_folder):
+    """diffusers returns NaN (black) images when the float16 VAE overflows; sumie decodes again in float32."""
+    half = StableDiffusionPipeline.from_pretrained(sd1_folder, torch_dtype=torch.float16)
+    full = StableDiffusionPipeline.from_pretrained(sd1_folder, torch_dtype=torch.float16).to(torch.float32)
+    z = torch.randn(1, 4, 8, 8, generator=torch.Generator().manual_seed(0)) * 3000  # overflows float16 only
+    with torch.no_grad():
+        assert not torch.isfinite(half.vae.decode((z / half.vae.config.scaling_factor).half())).all()
+    image = half.decode(z)
+    assert half.vae.dtype == torch.float16 and torch.isfinite(image).all()
+    assert (image - full.decode(z)).abs().max() < 1e-5
+
+
 def test_image_grid(sd1_folder):
     from sumie import image_grid
     pipe = StableDiffusionPipeline.from_pretrained(sd1_folder)

@@ -156,8 +156,9 @@ class StableDiffusionPipeline:
         """The fast path. backend "pack" (the default on CPU): every network's convolutions and linear
         layers keep oneDNN-packed weights, wide 3x3 convolutions Winograd-transformed ones (see `packing`),
         ready in seconds, about 1.5x the weights' size again in memory. backend "inductor" (the default
-        elsewhere): torch.compile the UNet, `options` passed on; on CPU with frozen weights, which compiles
-        for about a minute per shape and process."""
+        elsewhere): torch.compile the UNet, `options` passed on; on CUDA with no options, in
+        mode="reduce-overhead" (CUDA graphs, about 3x eager's steps per second: docs/benchmarks.md);
+        on CPU with frozen weights, which compiles for about a minute per shape and process."""
         backend = backend or ("pack" if self.execution_device.type == "cpu" else "inductor")
         if backend == "pack":
             if options:
@@ -172,6 +173,8 @@ class StableDiffusionPipeline:
             if self.execution_device.type == "cpu":
                 import torch._inductor.config as inductor
                 inductor.freezing = True  # weights become constants, which lets oneDNN pre-pack them
+            elif self.execution_device.type == "cuda" and not options:
+                options = {"mode": "reduce-overhead"}  # eager, a step's kernels wait on Python and launches
             self._compiled = torch.compile(self.unet, dynamic=False, **options)
         else:
             raise InputError(f"unknown compile backend {backend!r}; use 'pack' or 'inductor'")
@@ -258,9 +261,11 @@ class StableDiffusionPipeline:
 
         def model(x_in: torch.Tensor, t) -> torch.Tensor:
             x_in, t = x_in.to(self.dtype), torch.as_tensor(t, device=x_in.device)  # a tensor t: no recompiles
+            # a copy in float32: CUDA graphs (compile() on a GPU) overwrite their output at the next call
             if not guided:
-                return unet(x_in, t, encoder_hidden_states=context).float()
-            out_uncond, out_cond = unet(torch.cat([x_in, x_in]), t, encoder_hidden_states=context).float().chunk(2)
+                return unet(x_in, t, encoder_hidden_states=context).to(torch.float32, copy=True)
+            out_uncond, out_cond = unet(torch.cat([x_in, x_in]), t, encoder_hidden_states=context).to(
+                torch.float32, copy=True).chunk(2)
             return out_uncond + guidance_scale * (out_cond - out_uncond)
 
         bar = tqdm(total=len(sampling.schedule), **{"disable": False, **self._progress})

@@ -190,8 +190,9 @@ def norm_silu(norm: nn.GroupNorm, x: torch.Tensor):
     else:  # in float32 like GroupNorm itself (a half-precision variance overflows), one group at a time
         var, mean = (torch.stack(s, 1) for s in zip(*(
             torch.var_mean(groups[:, g].float(), dim=(1, 2, 3), correction=0) for g in range(norm.num_groups))))
-    scale = torch.rsqrt(var + norm.eps).repeat_interleave(C // norm.num_groups, 1) * norm.weight.float()  # (B, C)
-    shift = norm.bias.float() - mean.repeat_interleave(C // norm.num_groups, 1) * scale
+    weight, bias = (p.to(x.device, torch.float32) for p in (norm.weight, norm.bias))  # see `conv_rows`
+    scale = torch.rsqrt(var + norm.eps).repeat_interleave(C // norm.num_groups, 1) * weight  # (B, C)
+    shift = bias - mean.repeat_interleave(C // norm.num_groups, 1) * scale
     scale, shift = scale.to(x.dtype)[:, :, None, None], shift.to(x.dtype)[:, :, None, None]
     return lambda rows: F.silu(torch.addcmul(shift, rows, scale), inplace=True)
 
@@ -204,13 +205,15 @@ def conv_rows(conv: nn.Conv2d, rows, height: int, pad: tuple[int, int], budget: 
     (k, _), (s, _) = conv.kernel_size, conv.stride
     out_h = (height + pad[0] + pad[1] - k) // s + 1
     first = rows(0, min(k, height))
+    # The weights go to the input's device: no forward runs here, so sequential offload's hooks do not move them
+    weight, bias = (None if p is None else p.to(first.device) for p in (conv.weight, conv.bias))
     band = max(1, budget // (first.shape[0] * max(first.shape[1], conv.out_channels) * first.shape[-1] * s))
     add = add and out is not None
     for a in range(0, out_h, band):
         b = min(a + band, out_h)
         lo, hi = a * s - pad[0], (b - 1) * s - pad[0] + k  # input rows this band reads, in X's numbering
         x = F.pad(rows(max(lo, 0), min(hi, height)), (0, 0, max(-lo, 0), max(hi - height, 0)))
-        y = F.conv2d(x, conv.weight, conv.bias, s, (0, conv.padding[1]), conv.dilation, conv.groups)
+        y = F.conv2d(x, weight, bias, s, (0, conv.padding[1]), conv.dilation, conv.groups)
         if out is None:
             out = y.new_empty(*y.shape[:2], out_h, y.shape[-1])
         if add:
