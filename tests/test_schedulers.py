@@ -140,6 +140,10 @@ def test_errors():
             Sampling.create("euler", SD_SCHEDULER, bad)
     with pytest.raises(InputError, match="karras"):
         Sampling.create("ddim", SD_SCHEDULER, 10, karras=True)
+    for sampler in ("ddim", "pndm", "ddpm"):  # leading spacing + steps_offset 1 would start at timestep 1000
+        with pytest.raises(InputError, match="num_inference_steps=1000 is too many .* use at most 999 steps"):
+            Sampling.create(sampler, SD_SCHEDULER, 1000)
+        assert Sampling.create(sampler, SD_SCHEDULER, 999).schedule.timesteps[0] == 999
     sched = Scheduler("euler", **SD_SCHEDULER)
     sched.set_timesteps(5)
     x = torch.zeros(1, 4, 8, 8)

@@ -10,6 +10,7 @@ from __future__ import annotations
 import numpy as np
 import torch
 
+from ..errors import InputError
 from .protocol import Eval, Noise, Sampler
 from .schedule import Schedule, alphas_cumprod_for, spaced, train_sigmas
 
@@ -18,6 +19,11 @@ def discrete_schedule(cfg, n: int, *, final_alpha: float | None) -> Schedule:
     """Integer timesteps by `cfg.timestep_spacing`; `extra["alpha_to"]` gives the alpha each step lands on."""
     ac = alphas_cumprod_for(cfg)
     ts = spaced(cfg, n).round().astype(np.int64)
+    T = cfg.num_train_timesteps
+    if ts.max() >= T:  # "leading" spacing plus steps_offset can step past the last training timestep
+        most = next(m for m in range(n - 1, 0, -1) if spaced(cfg, m).round().max() < T)
+        raise InputError(f"num_inference_steps={n} is too many for this scheduler: its first step would be "
+                         f"timestep {ts.max()}, past the last trained one ({T - 1}); use at most {most} steps")
     ratio = cfg.num_train_timesteps // n
     final = ac[0] if final_alpha is None else torch.tensor(final_alpha)
     sigmas = train_sigmas(ac)[ts]
