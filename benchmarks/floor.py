@@ -4,7 +4,7 @@
 
 Counts the step's floating-point operations (torch.utils.flop_counter; and how many are left when the
 3x3 convolutions `sumie.winograd.fits` accepts take 4 multiplies for 9), measures the float32 GEMM peak
-(a 4096² matrix product), times sumie's UNet step plain and packed (`sumie.packing`, what `compile()` does
+(a 4096² matrix product), times sumie's UNet step eager and packed (`sumie.packing`, what `compile()` does
 on CPU) in one process, and splits the packed step's profile by operator kind. `--write` refreshes the
 "UNet step floor" section of docs/benchmarks.md.
 """
@@ -16,6 +16,7 @@ import statistics
 import sys
 import time
 from pathlib import Path
+from unittest import mock
 
 import torch
 
@@ -52,7 +53,7 @@ def setup():
 def main() -> None:
     from torch.utils.flop_counter import FlopCounterMode
 
-    from sumie import packing, winograd
+    from sumie import convolution, packing, winograd
     args, model = setup()
     unet = model.unet
     x, ctx, t = torch.randn(2, 4, 32, 32), torch.randn(2, 77, 768), torch.tensor(500)
@@ -60,11 +61,11 @@ def main() -> None:
     wide = []  # multiply-adds of the 3x3 convolutions packing hands to Winograd (4 multiplies where 9)
     hooks = [m.register_forward_hook(lambda m, args, out: wide.append(out.numel() * m.in_channels * 9)
                                       if winograd.fits(m, args[0]) else None)
-             for m in unet.modules() if type(m) is torch.nn.Conv2d]
+             for m in unet.modules() if isinstance(m, torch.nn.Conv2d)]
     with torch.no_grad():
         counter = FlopCounterMode(display=False)
-        with counter:
-            step()
+        with counter, mock.patch.object(convolution.Conv2d, "forward", torch.nn.Conv2d.forward):
+            step()  # counted as direct convolutions, whatever algorithm the eager Conv2d picks
         flops = counter.get_total_flops()
         for h in hooks:
             h.remove()
@@ -89,7 +90,8 @@ def main() -> None:
              f"| operations in one guided 256² step (flop_counter; attention not counted) | {flops / 1e9:.0f} GFLOP |",
              f"| float32 GEMM peak (4096² product) | {peak / 1e9:.0f} GFLOP/s |",
              f"| floor: operations / peak | {floor:.2f} s |",
-             f"| sumie step, plain | {plain:.2f} s ({floor / plain:.0%} of peak) |",
+             f"| sumie step, eager (im2col and Winograd where they pay, `sumie.convolution`) | {plain:.2f} s "
+             f"({floor / plain:.0%} of peak) |",
              f"| the same with Winograd's 3x3 convolutions where packing uses them | {packed_flops / 1e9:.0f} GFLOP |",
              f"| floor with Winograd | {packed_floor:.2f} s |",
              f"| sumie step, packed (`compile()` on CPU, Winograd included) | {packed:.2f} s "

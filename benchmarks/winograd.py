@@ -28,7 +28,7 @@ def conv_calls(model, run) -> dict:
     def hook(conv, args, _):
         if conv.kernel_size == (3, 3) and conv.stride == (1, 1):
             calls.setdefault((tuple(args[0].shape), tuple(conv.weight.shape)), [conv, 0])[1] += 1
-    hooks = [m.register_forward_hook(hook) for m in model.modules() if type(m) is torch.nn.Conv2d]
+    hooks = [m.register_forward_hook(hook) for m in model.modules() if isinstance(m, torch.nn.Conv2d)]
     with torch.no_grad():
         run()
     for h in hooks:

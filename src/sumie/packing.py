@@ -23,12 +23,7 @@ import torch
 from torch import nn
 
 from . import winograd
-
-
-def _usable(x: torch.Tensor, weight: torch.Tensor) -> bool:
-    return (x.device.type == "cpu" and x.dtype == weight.dtype == torch.float32
-            and not (torch.is_grad_enabled() and (x.requires_grad or weight.requires_grad))
-            and not torch.compiler.is_compiling())
+from .convolution import cpu_inference
 
 
 def _packed(module: nn.Module, shape_key, make) -> torch.Tensor:
@@ -44,8 +39,8 @@ def _packed(module: nn.Module, shape_key, make) -> torch.Tensor:
 
 def _conv2d(self: nn.Conv2d, x: torch.Tensor) -> torch.Tensor:
     # x: (B, C_in, H, W) -> (B, C_out, H', W')
-    if not _usable(x, self.weight) or x.dim() != 4:
-        return nn.Conv2d.forward(self, x)
+    if not cpu_inference(x, self.weight) or x.dim() != 4:
+        return type(self).forward(self, x)  # the class's forward (this one is the instance's)
     if winograd.fits(self, x):
         return winograd.conv3x3(x, _packed(self, "winograd", lambda: winograd.transform_weight(self.weight)),
                                 self.bias)
@@ -57,8 +52,8 @@ def _conv2d(self: nn.Conv2d, x: torch.Tensor) -> torch.Tensor:
 
 def _linear(self: nn.Linear, x: torch.Tensor) -> torch.Tensor:
     # x: (..., in) -> (..., out)
-    if not _usable(x, self.weight):
-        return nn.Linear.forward(self, x)
+    if not cpu_inference(x, self.weight):
+        return type(self).forward(self, x)
     rows = x.numel() // x.shape[-1]
     weight = _packed(self, rows, lambda: torch.ops.mkldnn._reorder_linear_weight(self.weight, rows))
     return torch.ops.mkldnn._linear_pointwise(x, weight, self.bias, "none", [], "")
@@ -71,7 +66,7 @@ def available() -> bool:
 def pack(model: nn.Module) -> nn.Module:
     """Give every Conv2d (zero padding, numeric) and Linear of `model` a packed-weight forward, in place."""
     for m in model.modules():
-        if type(m) is nn.Conv2d and m.padding_mode == "zeros" and not isinstance(m.padding, str):
+        if isinstance(m, nn.Conv2d) and m.padding_mode == "zeros" and not isinstance(m.padding, str):
             m.forward = types.MethodType(_conv2d, m)
         elif type(m) is nn.Linear:
             m.forward = types.MethodType(_linear, m)

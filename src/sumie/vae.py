@@ -11,6 +11,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from .config import VAEConfig
+from .convolution import Conv2d, conv3x3
 from .layers import Attention, Downsample, ResnetBlock, Upsample
 
 EPS = 1e-6  # GroupNorm epsilon throughout the VAE
@@ -86,12 +87,12 @@ class Encoder(nn.Module):
     def __init__(self, cfg: VAEConfig):
         super().__init__()
         chs, g = cfg.block_out_channels, cfg.norm_num_groups
-        self.conv_in = nn.Conv2d(cfg.in_channels, chs[0], 3, padding=1)
+        self.conv_in = Conv2d(cfg.in_channels, chs[0], 3, padding=1)
         self.down_blocks = nn.ModuleList(
             Level(chs[max(i - 1, 0)], ch, cfg.layers_per_block, g, down=i < len(chs) - 1) for i, ch in enumerate(chs))
         self.mid_block = MidBlock(chs[-1], g, cfg.mid_block_add_attention)
         self.conv_norm_out = nn.GroupNorm(g, chs[-1], eps=EPS)
-        self.conv_out = nn.Conv2d(chs[-1], 2 * cfg.latent_channels, 3, padding=1)
+        self.conv_out = Conv2d(chs[-1], 2 * cfg.latent_channels, 3, padding=1)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         # x: (B, 3, H, W) -> (B, 2 * latent_channels, H/f, W/f)
@@ -113,12 +114,12 @@ class Decoder(nn.Module):
     def __init__(self, cfg: VAEConfig):
         super().__init__()
         chs, g = cfg.block_out_channels[::-1], cfg.norm_num_groups
-        self.conv_in = nn.Conv2d(cfg.latent_channels, chs[0], 3, padding=1)
+        self.conv_in = Conv2d(cfg.latent_channels, chs[0], 3, padding=1)
         self.mid_block = MidBlock(chs[0], g, cfg.mid_block_add_attention)
         self.up_blocks = nn.ModuleList(
             Level(chs[max(i - 1, 0)], ch, cfg.layers_per_block + 1, g, up=i < len(chs) - 1) for i, ch in enumerate(chs))
         self.conv_norm_out = nn.GroupNorm(g, chs[-1], eps=EPS)
-        self.conv_out = nn.Conv2d(chs[-1], cfg.out_channels, 3, padding=1)
+        self.conv_out = Conv2d(chs[-1], cfg.out_channels, 3, padding=1)
 
     def forward(self, z: torch.Tensor) -> torch.Tensor:
         # z: (B, latent_channels, h, w) -> (B, 3, h*f, w*f)
@@ -209,11 +210,16 @@ def conv_rows(conv: nn.Conv2d, rows, height: int, pad: tuple[int, int], budget: 
     weight, bias = (None if p is None else p.to(first.device) for p in (conv.weight, conv.bias))
     band = max(1, budget // (first.shape[0] * max(first.shape[1], conv.out_channels) * first.shape[-1] * s))
     add = add and out is not None
+    by_shape = (conv.kernel_size, conv.stride, conv.dilation, conv.groups) == ((3, 3), (1, 1), (1, 1), 1) \
+        and conv.padding[1] <= 1  # then im2col or Winograd where they pay (`convolution.conv3x3`)
     for a in range(0, out_h, band):
         b = min(a + band, out_h)
         lo, hi = a * s - pad[0], (b - 1) * s - pad[0] + k  # input rows this band reads, in X's numbering
         x = F.pad(rows(max(lo, 0), min(hi, height)), (0, 0, max(-lo, 0), max(hi - height, 0)))
-        y = F.conv2d(x, weight, bias, s, (0, conv.padding[1]), conv.dilation, conv.groups)
+        if by_shape:
+            y = conv3x3(x, weight, bias, (0, conv.padding[1]))
+        else:
+            y = F.conv2d(x, weight, bias, s, (0, conv.padding[1]), conv.dilation, conv.groups)
         if out is None:
             out = y.new_empty(*y.shape[:2], out_h, y.shape[-1])
         if add:

@@ -27,11 +27,20 @@ G = torch.tensor([[1.0, 0.0, 0.0], [0.5, 0.5, 0.5], [0.5, -0.5, 0.5], [0.0, 0.0,
 TILE_ROWS = 128  # tiles per matrix multiply: the transformed tiles stay in cache
 
 
+def same_3x3(conv: nn.Conv2d) -> bool:
+    """A 3x3, stride 1, zero padding 1 convolution: output the size of the input."""
+    return (conv.kernel_size == (3, 3) and conv.stride == (1, 1) and conv.padding == (1, 1)
+            and conv.dilation == (1, 1) and conv.groups == 1 and conv.padding_mode == "zeros")
+
+
+def pays(in_channels: int, out_channels: int, height: int, width: int) -> bool:
+    """Whether Winograd computes a 3x3 convolution of this shape faster (module docstring)."""
+    return min(in_channels, out_channels) >= 256 and min(height, width) >= 8
+
+
 def fits(conv: nn.Conv2d, x: torch.Tensor) -> bool:
     """Whether `conv` on input x (B, C, H, W) is a 3x3 'same' convolution that Winograd computes faster."""
-    return (conv.kernel_size == (3, 3) and conv.stride == (1, 1) and conv.padding == (1, 1)
-            and conv.dilation == (1, 1) and conv.groups == 1
-            and min(conv.in_channels, conv.out_channels) >= 256 and min(x.shape[-2:]) >= 8)
+    return same_3x3(conv) and pays(conv.in_channels, conv.out_channels, *x.shape[-2:])
 
 
 def transform_weight(weight: torch.Tensor) -> torch.Tensor:
@@ -71,14 +80,17 @@ def _output_transform(M: torch.Tensor, y: torch.Tensor) -> None:
     torch.sub(r[:, 1], r[:, 2], out=y[:, :, :, :, 1].permute(2, 0, 1, 3, 4)).sub_(r[:, 3])
 
 
-def conv3x3(x: torch.Tensor, U: torch.Tensor, bias: torch.Tensor | None) -> torch.Tensor:
-    """F.conv2d(x, g, bias, padding=1) with U = transform_weight(g): (B, C, H, W) -> (B, O, H, W).
+def conv3x3(x: torch.Tensor, U: torch.Tensor, bias: torch.Tensor | None, padding: tuple[int, int] = (1, 1)
+            ) -> torch.Tensor:
+    """F.conv2d(x, g, bias, padding=padding) with U = transform_weight(g), padding 0 or 1 on each axis:
+    (B, C, H, W) -> (B, O, H + 2 * padding[0] - 2, W + 2 * padding[1] - 2).
 
     The result is channels-last in memory. Tiles go through in groups of TILE_ROWS."""
     B, C, H, W = x.shape
     O = U.shape[-1]
-    n, m = (H + 1) // 2, (W + 1) // 2  # tiles down and across
-    xp = F.pad(x.permute(0, 2, 3, 1), (0, 0, 1, 2 * m + 1 - W, 1, 2 * n + 1 - H))  # (B, 2n+2, 2m+2, C)
+    (ph, pw), Ho, Wo = padding, H + 2 * padding[0] - 2, W + 2 * padding[1] - 2
+    n, m = (Ho + 1) // 2, (Wo + 1) // 2  # tiles down and across
+    xp = F.pad(x.permute(0, 2, 3, 1), (0, 0, pw, 2 * m + 2 - W - pw, ph, 2 * n + 2 - H - ph))  # (B, 2n+2, 2m+2, C)
     rows = max(1, TILE_ROWS // (B * m))  # tile rows per group
     y = x.new_empty(B, n, 2, m, 2, O)
     for i in range(0, n, rows):
@@ -89,4 +101,4 @@ def conv3x3(x: torch.Tensor, U: torch.Tensor, bias: torch.Tensor | None) -> torc
         if bias is not None:
             M[1, 1] += bias  # column 1 of A^T is (1, 1): this adds bias to all four outputs of a tile
         _output_transform(M, y[:, i:i + k])
-    return y.view(B, 2 * n, 2 * m, O)[:, :H, :W].permute(0, 3, 1, 2)
+    return y.view(B, 2 * n, 2 * m, O)[:, :Ho, :Wo].permute(0, 3, 1, 2)

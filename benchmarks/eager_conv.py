@@ -1,0 +1,77 @@
+"""The eager Conv2d's algorithms (`sumie.convolution`) against F.conv2d, which diffusers runs, per 3x3 layer.
+
+    python benchmarks/eager_conv.py [--repeats 5] [--write]
+
+Records every 3x3 stride-1 convolution of one guided UNet step at 256² and 512² (batch 2) and one VAE decode
+at 256² on the full SD 1.5 architecture with random weights, then times each shape both ways in one
+process, with its max error against a float64 convolution. `--write` refreshes the "Eager convolution"
+section of docs/benchmarks.md.
+"""
+
+from __future__ import annotations
+
+import sys
+from pathlib import Path
+
+import torch
+import torch.nn.functional as F
+
+ROOT = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(ROOT / "benchmarks"))
+
+
+def algorithm(conv, x) -> str:
+    """Which algorithm sumie's Conv2d takes for x (spied on, not re-derived)."""
+    from sumie import convolution, winograd
+    taken = []
+    spies = {(convolution, "im2col_conv3x3"): "im2col", (winograd, "conv3x3"): "Winograd"}
+    saved = {key: getattr(*key) for key in spies}
+    for (module, name), label in spies.items():
+        setattr(module, name, lambda *a, _f=saved[(module, name)], _l=label: taken.append(_l) or _f(*a))
+    try:
+        conv(x)
+    finally:
+        for (module, name), f in saved.items():
+            setattr(module, name, f)
+    return taken[0] if taken else "direct"
+
+
+def main() -> None:
+    from floor import median_time, setup
+    from winograd import conv_calls
+    args, model = setup()
+    ctx = torch.randn(2, 77, 768)
+    unet = lambda size: lambda: model.unet(torch.randn(2, 4, size, size), 500, encoder_hidden_states=ctx)
+    runs = {"UNet 256²": conv_calls(model.unet, unet(32)), "UNet 512²": conv_calls(model.unet, unet(64)),
+            "VAE 256²": conv_calls(model.vae, lambda: model.vae.decode(torch.randn(1, 4, 32, 32)))}
+    lines = [f"- Command: `python benchmarks/eager_conv.py` (torch {torch.__version__}, float32, 2 threads, "
+             f"median of {args.repeats}; error: max abs difference from a float64 convolution)", "",
+             "| run | input | output channels | calls | sumie's algorithm | F.conv2d | sumie | ratio | "
+             "error F.conv2d | error sumie |", "| --- | --- | --- | --- | --- | --- | --- | --- | --- | --- |"]
+    totals = {}
+    with torch.no_grad():
+        for run, calls in runs.items():
+            for (shape, wshape), (conv, n) in calls.items():
+                x = torch.randn(shape)
+                direct = lambda: F.conv2d(x, conv.weight, conv.bias, padding=1)
+                ours = lambda: conv(x)
+                exact = F.conv2d(x.double(), conv.weight.double(), conv.bias.double(), padding=1)
+                errors = [(f().double() - exact).abs().max().item() for f in (direct, ours)]
+                used = algorithm(conv, x)
+                a, b = (median_time(direct, args.repeats), median_time(ours, args.repeats)) if used != "direct" \
+                    else (median_time(direct, args.repeats),) * 2
+                t = totals.setdefault(run, [0.0, 0.0])
+                t[0] += n * a
+                t[1] += n * b
+                if used != "direct":
+                    lines.append(f"| {run} | {'x'.join(map(str, shape))} | {wshape[0]} | {n} | {used} | "
+                                 f"{a * 1e3:.1f} ms | {b * 1e3:.1f} ms | {b / a:.2f} | {errors[0]:.1e} | {errors[1]:.1e} |")
+    lines.append("")
+    lines.append("Shapes not listed run `F.conv2d` in both. Over all of a run's 3x3 convolutions:")
+    lines += [f"- {run}: {b:.2f} s against F.conv2d's {a:.2f} s (**{b / a:.2f}×**)." for run, (a, b) in totals.items()]
+    from doc import report
+    report("## Eager convolution (issue 7)", lines, args.write)
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,71 @@
+"""The models' Conv2d: on CPU inference, each 3x3 convolution runs by the exact algorithm fastest for its shape.
+
+oneDNN, which runs `F.conv2d` on x86 CPUs, converts the weight into its own blocked layout on every call.
+Where the weights are large and the image small (the UNet's 1280-channel layers at 8x8 and 4x4 positions)
+that conversion costs more than the arithmetic. Three algorithms, all exact up to float rounding:
+
+- direct: `F.conv2d`;
+- im2col: the 3x3 neighbourhoods unfolded into columns, then one matrix product with the weight as it
+  is stored (Chellapilla et al. 2006). It copies the input 9 times, which is cheap when the input is small;
+- Winograd F(2x2, 3x3) (`sumie.winograd`) with the weight transformed on each call, which is cheap when the
+  weight is small.
+
+On a 2-core AVX2 machine im2col takes 0.3-0.7x the direct time when C_in * C_out >= 6400 * B * H * W, and
+Winograd 0.7-0.8x for 256-640 channels at 8x8 positions or more (docs/benchmarks.md, "Eager convolution").
+Nothing is cached, so memory stays that of the weights. Anything but float32 CPU inference takes
+`F.conv2d`.
+"""
+
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from . import winograd
+
+IM2COL_RATIO = 6400  # im2col when C_in * C_out >= this * B * H * W: the weight dwarfs the input
+WINOGRAD_MAX_PAIRS = 640 * 640  # per-call Winograd up to this C_in * C_out: its transformed weight is 16/9 as big
+
+
+def cpu_inference(x: torch.Tensor, weight: torch.Tensor) -> bool:
+    """Float32 CPU inference outside torch.compile tracing: where the CPU algorithms apply."""
+    return (x.device.type == "cpu" and x.dtype == weight.dtype == torch.float32
+            and not (torch.is_grad_enabled() and (x.requires_grad or weight.requires_grad))
+            and not torch.compiler.is_compiling())
+
+
+def im2col_conv3x3(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None,
+                   padding: tuple[int, int] = (1, 1)) -> torch.Tensor:
+    """F.conv2d(x, weight, bias, padding=padding) as a matrix product: (B, C, H, W) -> (B, O, H', W')."""
+    B, C, H, W = x.shape
+    O = weight.shape[0]
+    columns = F.unfold(x, 3, padding=padding)  # (B, 9C, H'W'), row 9c + 3i + j = x[c] shifted by (i, j)
+    y = torch.matmul(weight.view(O, 9 * C), columns)  # (B, O, H'W')
+    if bias is not None:
+        y += bias[:, None]
+    return y.view(B, O, H + 2 * padding[0] - 2, W + 2 * padding[1] - 2)
+
+
+def conv3x3(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None,
+            padding: tuple[int, int] = (1, 1)) -> torch.Tensor:
+    """F.conv2d(x, weight, bias, padding=padding) for a 3x3 stride-1 weight (O, C, 3, 3) and padding 0 or
+    1 on each axis, by the algorithm fastest for the shape (above): (B, C, H, W) -> (B, O, H', W')."""
+    if x.dim() == 4 and cpu_inference(x, weight):
+        B, C, H, W = x.shape
+        pairs = C * weight.shape[0]
+        if pairs >= IM2COL_RATIO * B * H * W:
+            return im2col_conv3x3(x, weight, bias, padding)
+        if pairs <= WINOGRAD_MAX_PAIRS and winograd.pays(C, weight.shape[0], H, W):
+            return winograd.conv3x3(x, winograd.transform_weight(weight), bias, padding)
+    return F.conv2d(x, weight, bias, padding=padding)
+
+
+class Conv2d(nn.Conv2d):
+    """nn.Conv2d, same parameters and names, whose 3x3 'same' convolutions run by `conv3x3`."""
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        # x: (B, C_in, H, W) -> (B, C_out, H', W')
+        if winograd.same_3x3(self):
+            return conv3x3(x, self.weight, self.bias)
+        return super().forward(x)
