@@ -38,34 +38,29 @@ def algorithm(conv, x) -> str:
 
 def main() -> None:
     from floor import median_time, setup
-    from winograd import conv_calls
+    from winograd import conv_calls, each_layer, header
     args, model = setup()
     ctx = torch.randn(2, 77, 768)
     unet = lambda size: lambda: model.unet(torch.randn(2, 4, size, size), 500, encoder_hidden_states=ctx)
     runs = {"UNet 256²": conv_calls(model.unet, unet(32)), "UNet 512²": conv_calls(model.unet, unet(64)),
             "VAE 256²": conv_calls(model.vae, lambda: model.vae.decode(torch.randn(1, 4, 32, 32)))}
-    lines = [f"- Command: `python benchmarks/eager_conv.py` (torch {torch.__version__}, float32, 2 threads, "
-             f"median of {args.repeats}; error: max abs difference from a float64 convolution)", "",
-             "| run | input | output channels | calls | sumie's algorithm | F.conv2d | sumie | ratio | "
-             "error F.conv2d | error sumie |", "| --- | --- | --- | --- | --- | --- | --- | --- | --- | --- |"]
+    lines = header("eager_conv.py", args.repeats, ["run", "input", "output channels", "calls", "sumie's algorithm",
+                                                    "F.conv2d", "sumie", "ratio", "error F.conv2d", "error sumie"])
     totals = {}
     with torch.no_grad():
-        for run, calls in runs.items():
-            for (shape, wshape), (conv, n) in calls.items():
-                x = torch.randn(shape)
-                direct = lambda: F.conv2d(x, conv.weight, conv.bias, padding=1)
-                ours = lambda: conv(x)
-                exact = F.conv2d(x.double(), conv.weight.double(), conv.bias.double(), padding=1)
-                errors = [(f().double() - exact).abs().max().item() for f in (direct, ours)]
-                used = algorithm(conv, x)
-                a, b = (median_time(direct, args.repeats), median_time(ours, args.repeats)) if used != "direct" \
-                    else (median_time(direct, args.repeats),) * 2
-                t = totals.setdefault(run, [0.0, 0.0])
-                t[0] += n * a
-                t[1] += n * b
-                if used != "direct":
-                    lines.append(f"| {run} | {'x'.join(map(str, shape))} | {wshape[0]} | {n} | {used} | "
-                                 f"{a * 1e3:.1f} ms | {b * 1e3:.1f} ms | {b / a:.2f} | {errors[0]:.1e} | {errors[1]:.1e} |")
+        for run, shape, wshape, conv, n, x, exact in each_layer(runs):
+            direct = lambda: F.conv2d(x, conv.weight, conv.bias, padding=1)
+            ours = lambda: conv(x)
+            errors = [(f().double() - exact).abs().max().item() for f in (direct, ours)]
+            used = algorithm(conv, x)
+            a, b = (median_time(direct, args.repeats), median_time(ours, args.repeats)) if used != "direct" \
+                else (median_time(direct, args.repeats),) * 2
+            t = totals.setdefault(run, [0.0, 0.0])
+            t[0] += n * a
+            t[1] += n * b
+            if used != "direct":
+                lines.append(f"| {run} | {'x'.join(map(str, shape))} | {wshape[0]} | {n} | {used} | "
+                             f"{a * 1e3:.1f} ms | {b * 1e3:.1f} ms | {b / a:.2f} | {errors[0]:.1e} | {errors[1]:.1e} |")
     lines.append("")
     lines.append("Shapes not listed run `F.conv2d` in both. Over all of a run's 3x3 convolutions:")
     lines += [f"- {run}: {b:.2f} s against F.conv2d's {a:.2f} s (**{b / a:.2f}×**)." for run, (a, b) in totals.items()]

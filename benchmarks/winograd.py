@@ -36,6 +36,22 @@ def conv_calls(model, run) -> dict:
     return calls
 
 
+def header(script: str, repeats: int, columns: list[str]) -> list[str]:
+    """The command line and a markdown table head for a per-layer convolution table."""
+    return [f"- Command: `python benchmarks/{script}` (torch {torch.__version__}, float32, 2 threads, median of "
+            f"{repeats}; error: max abs difference from a float64 convolution)", "",
+            "| " + " | ".join(columns) + " |", "|" + " --- |" * len(columns)]
+
+
+def each_layer(runs: dict):
+    """(run, input shape, weight shape, conv, calls, random input x, float64 conv of x) per recorded shape."""
+    for run, calls in runs.items():
+        for (shape, wshape), (conv, n) in calls.items():
+            x = torch.randn(shape)
+            yield run, shape, wshape, conv, n, x, F.conv2d(x.double(), conv.weight.double(), conv.bias.double(),
+                                                           padding=1)
+
+
 def main() -> None:
     from floor import median_time, setup
 
@@ -45,31 +61,27 @@ def main() -> None:
     runs = {"UNet": conv_calls(model.unet, lambda: model.unet(torch.randn(2, 4, 32, 32), 500,
                                                                encoder_hidden_states=ctx)),
             "VAE": conv_calls(model.vae, lambda: model.vae.decode(torch.randn(1, 4, 32, 32)))}
-    lines = [f"- Command: `python benchmarks/winograd.py` (torch {torch.__version__}, float32, 2 threads, median of "
-             f"{args.repeats}; error: max abs difference from a float64 convolution)", "",
-             "| network | input | output channels | calls | Winograd | oneDNN packed | Winograd / oneDNN | "
-             "error oneDNN | error Winograd |", "| --- | --- | --- | --- | --- | --- | --- | --- | --- |"]
+    lines = header("winograd.py", args.repeats, ["network", "input", "output channels", "calls", "Winograd",
+                                                  "oneDNN packed", "Winograd / oneDNN", "error oneDNN",
+                                                  "error Winograd"])
     totals = {}
     with torch.no_grad():
-        for net, calls in runs.items():
-            for (shape, wshape), (conv, n) in calls.items():
-                x = torch.randn(shape)
-                pads = ([1, 1], [1, 1], [1, 1], 1)
-                packed = torch.ops.mkldnn._reorder_convolution_weight(conv.weight, *pads, list(shape))
-                onednn = lambda: torch.ops.mkldnn._convolution_pointwise(x, packed, conv.bias, *pads, "none", [], "")
-                U = winograd.transform_weight(conv.weight)
-                wino = lambda: winograd.conv3x3(x, U, conv.bias)
-                exact = F.conv2d(x.double(), conv.weight.double(), conv.bias.double(), padding=1)
-                errors = [(f().double() - exact).abs().max().item() for f in (onednn, wino)]
-                a, b = median_time(onednn, args.repeats), median_time(wino, args.repeats)
-                used = winograd.fits(conv, x)
-                if used:
-                    t = totals.setdefault(net, [0.0, 0.0])
-                    t[0] += n * a
-                    t[1] += n * b
-                lines.append(f"| {net} | {'x'.join(map(str, shape))} | {wshape[0]} | {n} | "
-                             f"{'used' if used else 'not used'}, {b * 1e3:.1f} ms | {a * 1e3:.1f} ms | "
-                             f"{b / a:.2f} | {errors[0]:.1e} | {errors[1]:.1e} |")
+        for net, shape, wshape, conv, n, x, exact in each_layer(runs):
+            pads = ([1, 1], [1, 1], [1, 1], 1)
+            packed = torch.ops.mkldnn._reorder_convolution_weight(conv.weight, *pads, list(shape))
+            onednn = lambda: torch.ops.mkldnn._convolution_pointwise(x, packed, conv.bias, *pads, "none", [], "")
+            U = winograd.transform_weight(conv.weight)
+            wino = lambda: winograd.conv3x3(x, U, conv.bias)
+            errors = [(f().double() - exact).abs().max().item() for f in (onednn, wino)]
+            a, b = median_time(onednn, args.repeats), median_time(wino, args.repeats)
+            used = winograd.fits(conv, x)
+            if used:
+                t = totals.setdefault(net, [0.0, 0.0])
+                t[0] += n * a
+                t[1] += n * b
+            lines.append(f"| {net} | {'x'.join(map(str, shape))} | {wshape[0]} | {n} | "
+                         f"{'used' if used else 'not used'}, {b * 1e3:.1f} ms | {a * 1e3:.1f} ms | "
+                         f"{b / a:.2f} | {errors[0]:.1e} | {errors[1]:.1e} |")
     lines.append("")
     lines += [f"- {net}: the layers Winograd is used for take {b:.2f} s per {'step' if net == 'UNet' else 'decode'} "
               f"against oneDNN's {a:.2f} s (**{b / a:.2f}×**)." for net, (a, b) in totals.items()]
