@@ -40,7 +40,7 @@ def im2col_conv3x3(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | N
     """F.conv2d(x, weight, bias, padding=padding) as a matrix product: (B, C, H, W) -> (B, O, H', W')."""
     B, C, H, W = x.shape
     O = weight.shape[0]
-    columns = F.unfold(x, 3, padding=padding)  # (B, 9C, H'W'), row 9c + 3i + j = x[c] shifted by (i, j)
+    columns = F.unfold(x, 3, padding=padding)  # (B, 9C, H'W'): row 9c + 3i + j is x[c] at offset (i, j) of a window
     y = torch.matmul(weight.view(O, 9 * C), columns)  # (B, O, H'W')
     if bias is not None:
         y += bias[:, None]
