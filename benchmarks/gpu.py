@@ -127,6 +127,7 @@ def main() -> None:
         folder, device, dtype, size = write_model(single=False), torch.device("cuda"), torch.float16, 512
         steps = args.steps or 50
     b = Bench(device, args.out)
+    dname = str(dtype).removeprefix("torch.")
     card = torch.cuda.get_device_name() if device.type == "cuda" else "CPU (tiny model)"
     b.say(f"{card}, torch {torch.__version__}, diffusers {diffusers.__version__}, {size}², {steps} Euler steps, "
           f"guidance 7.5, median of {args.repeats}")
@@ -174,7 +175,7 @@ def main() -> None:
             for name, call in calls.items():
                 results[name].append(b.timed(call))
         ref["ours"], ref["size"] = results["sumie eager"][-1]["images"], sizes["sumie eager"]
-        b.say(f"\n| run ({str(dtype).removeprefix('torch.')}) | it/s | end-to-end (s) | weights + peak added (GiB) | "
+        b.say(f"\n| run ({dname}) | it/s | end-to-end (s) | weights + peak added (GiB) | "
               "warm-up (s) | images vs sumie eager, max / mean (levels) |\n| --- | --- | --- | --- | --- | --- |")
         for name, rs in results.items():
             b.say(row(name, rs, sizes[name]))
@@ -183,13 +184,13 @@ def main() -> None:
         drawn = theirs.prepare_latents(1, 4, size, size, dtype, device, torch.Generator().manual_seed(0))
         with torch.no_grad():
             raw = ours.vae.decode(a.to(dtype) / ours.vae.config.scaling_factor)
+        drawn = drawn / theirs.scheduler.init_noise_sigma
+        theirs_image = torch.as_tensor(results["diffusers eager (SDPA)"][-1]["images"])
         ref["diag"] = (f"\nAfter {steps} steps from the same noise: latents ‖sumie − diffusers‖/‖diffusers‖ = "
-              f"{rel(a, c):.2e}. diffusers' own seed-0 noise in {str(dtype).removeprefix('torch.')} against the "
-              f"float32 draw: ‖·‖ ratio of the difference {rel(drawn / theirs.scheduler.init_noise_sigma, noise):.2e}. "
-              f"The {str(dtype).removeprefix('torch.')} VAE decode of sumie's latents has "
-              f"{(~torch.isfinite(raw)).sum().item()} non-finite values of {raw.numel()}, and diffusers' image "
-              f"{int((~torch.isfinite(torch.as_tensor(results['diffusers eager (SDPA)'][-1]['images']))).sum())} "
-              f"(sumie redoes a non-finite decode in float32).")
+                       f"{rel(a, c):.2e}. diffusers' own seed-0 noise in {dname} against the float32 draw: "
+                       f"‖Δ‖/‖ref‖ = {rel(drawn, noise):.2e}. The {dname} VAE decode of sumie's latents has "
+                       f"{(~torch.isfinite(raw)).sum().item()} non-finite values of {raw.numel()}, diffusers' image "
+                       f"{(~torch.isfinite(theirs_image)).sum().item()} (sumie redoes a non-finite decode in float32).")
 
     def row(name, rs, size, warm=""):
         med = lambda k: statistics.median(r[k] for r in rs)
