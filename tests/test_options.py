@@ -218,5 +218,5 @@ def test_eager_convolution_with_other_paddings(padding):
     with torch.no_grad():
         for y in (convolution.im2col_conv3x3(x, w, b, padding),
                   winograd.conv3x3(x, winograd.transform_weight(w), b, padding),
-                  convolution.conv3x3(x, w, b, padding)):
+                  convolution.conv2d(x, w, b, padding=padding)):
             assert y.shape == exact.shape and (y.double() - exact).abs().max() < 2e-5

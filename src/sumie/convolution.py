@@ -47,25 +47,27 @@ def im2col_conv3x3(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | N
     return y.view(B, O, H + 2 * padding[0] - 2, W + 2 * padding[1] - 2)
 
 
-def conv3x3(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None,
-            padding: tuple[int, int] = (1, 1)) -> torch.Tensor:
-    """F.conv2d(x, weight, bias, padding=padding) for a 3x3 stride-1 weight (O, C, 3, 3) and padding 0 or
-    1 on each axis, by the algorithm fastest for the shape (above): (B, C, H, W) -> (B, O, H', W')."""
-    if x.dim() == 4 and cpu_inference(x, weight):
+def conv2d(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None, stride=1, padding=(0, 0),
+           dilation=1, groups=1) -> torch.Tensor:
+    """F.conv2d with the same arguments (padding as a pair); a 3x3 stride-1 convolution with padding 0 or 1
+    on each axis runs by the algorithm fastest for its shape (above): (B, C, H, W) -> (B, O, H', W')."""
+    plain_3x3 = (weight.shape[-2:] == (3, 3) and stride in (1, (1, 1)) and dilation in (1, (1, 1))
+                 and groups == 1 and max(padding) <= 1)
+    if plain_3x3 and x.dim() == 4 and cpu_inference(x, weight):
         B, C, H, W = x.shape
         pairs = C * weight.shape[0]
         if pairs >= IM2COL_RATIO * B * H * W:
             return im2col_conv3x3(x, weight, bias, padding)
         if pairs <= WINOGRAD_MAX_PAIRS and winograd.pays(C, weight.shape[0], H, W):
             return winograd.conv3x3(x, winograd.transform_weight(weight), bias, padding)
-    return F.conv2d(x, weight, bias, padding=padding)
+    return F.conv2d(x, weight, bias, stride, padding, dilation, groups)
 
 
 class Conv2d(nn.Conv2d):
-    """nn.Conv2d, same parameters and names, whose 3x3 'same' convolutions run by `conv3x3`."""
+    """nn.Conv2d, same parameters and names, whose zero-padded convolutions run by `conv2d`."""
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         # x: (B, C_in, H, W) -> (B, C_out, H', W')
-        if winograd.same_3x3(self):
-            return conv3x3(x, self.weight, self.bias)
+        if self.padding_mode == "zeros" and not isinstance(self.padding, str):
+            return conv2d(x, self.weight, self.bias, self.stride, self.padding, self.dilation, self.groups)
         return super().forward(x)

@@ -11,7 +11,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from .config import VAEConfig
-from .convolution import Conv2d, conv3x3
+from .convolution import Conv2d, conv2d
 from .layers import Attention, Downsample, ResnetBlock, Upsample
 
 EPS = 1e-6  # GroupNorm epsilon throughout the VAE
@@ -210,16 +210,11 @@ def conv_rows(conv: nn.Conv2d, rows, height: int, pad: tuple[int, int], budget: 
     weight, bias = (None if p is None else p.to(first.device) for p in (conv.weight, conv.bias))
     band = max(1, budget // (first.shape[0] * max(first.shape[1], conv.out_channels) * first.shape[-1] * s))
     add = add and out is not None
-    by_shape = (conv.kernel_size, conv.stride, conv.dilation, conv.groups) == ((3, 3), (1, 1), (1, 1), 1) \
-        and conv.padding[1] <= 1  # then im2col or Winograd where they pay (`convolution.conv3x3`)
     for a in range(0, out_h, band):
         b = min(a + band, out_h)
         lo, hi = a * s - pad[0], (b - 1) * s - pad[0] + k  # input rows this band reads, in X's numbering
         x = F.pad(rows(max(lo, 0), min(hi, height)), (0, 0, max(-lo, 0), max(hi - height, 0)))
-        if by_shape:
-            y = conv3x3(x, weight, bias, (0, conv.padding[1]))
-        else:
-            y = F.conv2d(x, weight, bias, s, (0, conv.padding[1]), conv.dilation, conv.groups)
+        y = conv2d(x, weight, bias, s, (0, conv.padding[1]), conv.dilation, conv.groups)  # by shape
         if out is None:
             out = y.new_empty(*y.shape[:2], out_h, y.shape[-1])
         if add:

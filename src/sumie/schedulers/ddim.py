@@ -24,7 +24,7 @@ def discrete_schedule(cfg, n: int, *, final_alpha: float | None) -> Schedule:
         most = next(m for m in range(n - 1, 0, -1) if spaced(cfg, m).round().max() < T)
         raise InputError(f"num_inference_steps={n} is too many for this scheduler: its first step would be "
                          f"timestep {ts.max()}, past the last trained one ({T - 1}); use at most {most} steps")
-    ratio = cfg.num_train_timesteps // n
+    ratio = T // n
     final = ac[0] if final_alpha is None else torch.tensor(final_alpha)
     sigmas = train_sigmas(ac)[ts]
     return Schedule(torch.from_numpy(ts), torch.from_numpy(np.concatenate([sigmas, [0.0]]).astype(np.float32)), ac,
