@@ -45,7 +45,9 @@ def setup():
     torch.set_num_threads(2)
     from load import write_model
 
+    from sumie.allocator import keep_freed_memory
     from sumie.weights import load_model
+    keep_freed_memory()  # as a pipeline does
     folder, _ = write_model()
     return args, load_model(folder)
 

@@ -220,3 +220,33 @@ def test_eager_convolution_with_other_paddings(padding):
                   winograd.conv3x3(x, winograd.transform_weight(w), b, padding),
                   convolution.conv2d(x, w, b, padding=padding)):
             assert y.shape == exact.shape and (y.double() - exact).abs().max() < 2e-5
+
+
+FAULTS = r"""
+import resource, sys
+import torch
+from sumie.pipeline import StableDiffusionPipeline
+StableDiffusionPipeline.from_pretrained(sys.argv[1])
+for i in range(5):  # 64 MiB, made and freed: over glibc's largest mmap threshold; faults counted after two
+    if i == 2:
+        faults = resource.getrusage(resource.RUSAGE_SELF).ru_minflt
+    torch.ones(16 * 2**20)
+print(resource.getrusage(resource.RUSAGE_SELF).ru_minflt - faults)
+"""
+
+
+@pytest.mark.skipif(__import__("platform").libc_ver()[0] != "glibc", reason="glibc's malloc settings")
+def test_a_pipeline_keeps_freed_memory_for_reuse(sd1_folder):
+    """Making a pipeline sets glibc's malloc to reuse freed blocks (sumie.allocator): 64 MiB made and
+    freed again and again stops taking page faults; SUMIE_KEEP_FREED_MEMORY=0 leaves glibc as it is."""
+    import os
+    import subprocess
+    import sys
+    faults = {}
+    for setting in ("1", "0"):
+        env = dict(os.environ, SUMIE_KEEP_FREED_MEMORY=setting)
+        done = subprocess.run([sys.executable, "-c", FAULTS, str(sd1_folder)], capture_output=True, text=True,
+                              env=env, check=True)
+        faults[setting] = int(done.stdout.split()[-1])
+    pages = 16 * 2**20 * 4 // 4096
+    assert faults["1"] < 0.1 * pages < 3 * pages <= faults["0"], faults

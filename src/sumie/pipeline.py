@@ -17,7 +17,7 @@ import numpy as np
 import torch
 from tqdm.auto import tqdm
 
-from . import packing
+from . import allocator, packing
 from .errors import InputError, NumericalError
 from .layers import Attention
 from .schedulers import Sampling, randn, run
@@ -55,6 +55,7 @@ class StableDiffusionPipeline:
         self._offload: torch.device | None = None  # see enable_model_cpu_offload()
         self._vae_tiling: int | None = None  # band budget in elements, see enable_vae_tiling()
         self._sequential = False  # see enable_sequential_cpu_offload()
+        allocator.keep_freed_memory()  # activations reuse freed memory instead of faulting pages back in
 
     @classmethod
     def from_pretrained(cls, path: str | Path, torch_dtype: torch.dtype | None = None, variant: str | None = None,

@@ -1,0 +1,34 @@
+"""Keep freed memory in the process: glibc malloc settings for inference on the CPU.
+
+torch allocates every CPU tensor with the C library's malloc. glibc gives memory back to the kernel in two
+ways: a block above its mmap threshold (128 KiB at first, rising to at most 32 MiB as such blocks are
+freed) is a mapping of its own, unmapped when freed, and free space at the top of the heap beyond its trim
+threshold is returned. Either way the next tensor that size takes a page fault for every 4 KiB page it
+touches. A UNet step allocates and frees its activations (10-80 MB each) over and over, so it keeps paying
+those faults: on this project's 2-core VM about 70,000 of them, some 2 µs each, in one 256² step
+(docs/benchmarks.md, "Allocator"). AUTOMATIC1111's launcher preloads tcmalloc for the same reason.
+
+`keep_freed_memory()` sets glibc's M_MMAP_MAX to 0 (every block comes from the heap) and M_TRIM_THRESHOLD
+to 2 GiB (the heap's top is returned only when more than that is free), so freed activations are reused. The
+process's peak memory is unchanged; what it holds after a peak is not given back until it exits. It
+applies to the whole process, is called when a pipeline is made, and does nothing on other C libraries
+or when the environment sets SUMIE_KEEP_FREED_MEMORY=0.
+"""
+
+from __future__ import annotations
+
+import ctypes
+import os
+import platform
+
+M_TRIM_THRESHOLD, M_MMAP_MAX = -1, -4  # mallopt parameters, glibc's malloc.h
+_done = False
+
+
+def keep_freed_memory() -> bool:
+    """Set glibc's malloc to keep freed memory for reuse (module docstring). True if it is set."""
+    global _done
+    if not _done and os.environ.get("SUMIE_KEEP_FREED_MEMORY", "1") != "0" and platform.libc_ver()[0] == "glibc":
+        libc = ctypes.CDLL(None)
+        _done = bool(libc.mallopt(M_MMAP_MAX, 0)) and bool(libc.mallopt(M_TRIM_THRESHOLD, 2**31 - 1))
+    return _done
