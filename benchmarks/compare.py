@@ -1,11 +1,14 @@
 """sumie vs diffusers on the full SD 1.5 architecture (random weights), same machine, same run.
 
-    python benchmarks/compare.py [--repeats 3] [--compile] [--inductor] [--write]
+    python benchmarks/compare.py [--repeats 3] [--calls 5] [--compile] [--inductor] [--glibc-defaults] [--write]
 
-Timings: diffusers and one sumie variant (eager, compiled, inductor) are loaded in one process and their
-calls alternate (A B A B ...), `--repeats` timed calls each, so the machine's slow drifts hit both alike;
-each variant has a process of its own with diffusers. Load time, warm-up and peak RSS: each library alone in its own process, `--repeats`
-processes, medians reported. Ratios are sumie / diffusers. float32, guidance 7.5, 2 threads.
+Timings: one sumie variant (eager, compiled, inductor) and diffusers each run in a process of their own,
+and their calls take turns (A B A B ...), `--calls` timed calls each, so the machine's slow drifts hit both
+alike while neither library's memory allocator state touches the other's. Each variant has its own
+diffusers process. diffusers runs with the glibc malloc settings that sumie sets in its own process
+(`sumie.allocator`), so the ratios compare the engines; `--glibc-defaults` runs it with glibc as it comes,
+as a diffusers user gets it. Load time, warm-up and peak RSS: each library alone in its own process,
+`--repeats` processes, medians reported. Ratios are sumie / diffusers. float32, guidance 7.5, 2 threads.
 `--write` refreshes the "Engine" section of docs/benchmarks.md. The model is written once into
 benchmarks/.cache/ by benchmarks/load.py's `write_model`.
 """
@@ -14,6 +17,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import platform
 import statistics
 import subprocess
@@ -84,16 +88,13 @@ with torch.no_grad():
                 out["warm-up (first UNet call)"] = first
         out["peak RSS (GiB)"] = next(int(l.split()[1]) for l in open("/proc/self/status")
                                      if l.startswith("VmHWM:")) / 2**20
-    else:  # timings: the sumie variants in `lib` and diffusers in one process, their calls alternating
-        libs = lib.split(",") + ["diffusers"]
-        runs = {name: measures(name, build(name)) for name in libs}
-        for name in runs[libs[0]]:
-            have = [l for l in libs if name in runs[l]]
-            for l in have:
-                runs[l][name]()
-            times = zip(*[[seconds(runs[l][name]) for l in have] for _ in range(calls)])  # per library
-            out[name] = dict(zip(have, map(statistics.median, times)))
-        out.pop("load")
+    else:  # "serve": timings, driven call by call from the parent (one line per call: the measure's name)
+        pipe = build(lib)
+        runs = measures(lib, pipe)
+        print(json.dumps(list(runs)), flush=True)
+        for name in sys.stdin:
+            print(json.dumps(seconds(runs[name.strip()])), flush=True)
+        sys.exit(0)
 print(json.dumps(out))
 """
 
@@ -105,44 +106,84 @@ def cpu_name() -> str:
     return platform.machine()
 
 
-def run(mode: str, lib: str, folder, calls: int) -> dict:
-    done = subprocess.run([sys.executable, "-c", CHILD, mode, lib, str(folder), str(calls)], capture_output=True,
-                          text=True)
+KEPT = "glibc.malloc.mmap_max=0:glibc.malloc.trim_threshold=2147483647"  # what sumie.allocator sets
+
+
+def env(lib: str, glibc_defaults: bool) -> dict:
+    """diffusers runs with sumie's malloc settings (sumie.allocator) unless `glibc_defaults`."""
+    if lib == "diffusers" and not glibc_defaults:
+        return dict(os.environ, GLIBC_TUNABLES=KEPT)
+    return dict(os.environ)
+
+
+def run(mode: str, lib: str, folder, glibc_defaults: bool) -> dict:
+    done = subprocess.run([sys.executable, "-c", CHILD, mode, lib, str(folder), "0"], capture_output=True,
+                          text=True, env=env(lib, glibc_defaults))
     if done.returncode:
         sys.exit(f"{mode} {lib} run failed:\n{done.stderr[-3000:]}")
     return json.loads(done.stdout.strip().splitlines()[-1])
 
 
+def lockstep(libs: list[str], folder, calls: int, glibc_defaults: bool) -> dict:
+    """{measure: {lib: median seconds}}: one process per library, loaded one after the other, then each
+    measure called once untimed in each, then `calls` timed calls taking turns (A B A B ...)."""
+    procs, names = {}, {}
+    for lib in libs:
+        procs[lib] = subprocess.Popen([sys.executable, "-c", CHILD, "serve", lib, str(folder), "0"], text=True,
+                                      stdin=subprocess.PIPE, stdout=subprocess.PIPE, env=env(lib, glibc_defaults))
+        line = procs[lib].stdout.readline()
+        if not line:
+            sys.exit(f"{lib} failed to start (its stderr is above)")
+        names[lib] = json.loads(line)
+    call = lambda lib, name: (procs[lib].stdin.write(name + "\n"), procs[lib].stdin.flush(),
+                              json.loads(procs[lib].stdout.readline()))[-1]
+    out = {}
+    for name in names[libs[-1]]:
+        have = [lib for lib in libs if name in names[lib]]
+        for lib in have:
+            call(lib, name)
+        times = zip(*[[call(lib, name) for lib in have] for _ in range(calls)])
+        out[name] = dict(zip(have, map(statistics.median, times)))
+    for p in procs.values():
+        p.stdin.close()
+        p.wait()
+    return out
+
+
 def main() -> None:
     ap = argparse.ArgumentParser()
-    ap.add_argument("--repeats", type=int, default=3, help="processes per library, and calls per timing")
+    ap.add_argument("--repeats", type=int, default=3, help="processes per library for load, warm-up and RSS")
+    ap.add_argument("--calls", type=int, default=5, help="timed calls per library and measure")
     ap.add_argument("--compile", action="store_true", help="also measure sumie's fast path (pipe.compile())")
     ap.add_argument("--inductor", action="store_true", help="also measure pipe.compile(backend='inductor')")
+    ap.add_argument("--glibc-defaults", action="store_true",
+                    help="run diffusers with glibc's malloc as it comes, not with sumie's settings (sumie.allocator)")
     ap.add_argument("--write", action="store_true", help="refresh docs/benchmarks.md")
     args = ap.parse_args()
     from load import write_model
     folder, _ = write_model()
     mine = ["sumie"] + (["sumie-compiled"] if args.compile else []) + (["sumie-inductor"] if args.inductor else [])
-    # each sumie variant in its own process with diffusers: all three pipelines together need about 20 GiB,
-    # and on a 24 GiB machine the kernel then drops and re-reads sumie's memory-mapped weights
-    groups = [[lib] for lib in mine]
-    together = [(group, run("together", ",".join(group), folder, args.repeats)) for group in groups]
-    paired = {lib: {k: [v[lib], v["diffusers"]] for k, v in times.items() if lib in v}
-              for group, times in together for lib in group}
+    # each sumie variant takes turns with a diffusers process of its own: all of them at once would need
+    # more than this 24 GiB machine has, and the kernel would drop and re-read sumie's memory-mapped weights
+    paired = {lib: {k: [v[lib], v["diffusers"]] for k, v in lockstep([lib, "diffusers"], folder, args.calls,
+                                                                       args.glibc_defaults).items() if lib in v}
+              for lib in mine}
     alone = {lib: [] for lib in mine + ["diffusers"]}
     for _ in range(args.repeats):
         for lib in alone:
-            alone[lib].append(run("alone", lib, folder, 0))
+            alone[lib].append(run("alone", lib, folder, args.glibc_defaults))
     med = {lib: {k: statistics.median(r[k] for r in rs) for k in rs[0]} for lib, rs in alone.items()}
     import torch
     command = "python benchmarks/compare.py " + " ".join(a for a in sys.argv[1:] if a != "--write")
     names = {"sumie": "sumie", "sumie-compiled": "sumie compile() (packed)",
              "sumie-inductor": "sumie compile(backend='inductor')"}
     lines = [f"- Machine: {cpu_name()}, 2 threads; torch {torch.__version__}; float32",
-             f"- Command: `{command.strip()}`. Timings: diffusers and one sumie variant loaded in one process, "
-             f"their calls alternating, median of {args.repeats} calls each after one untimed call; a process per "
-             f"variant. Load, warm-up and peak RSS: each library alone in its own process, median of "
-             f"{args.repeats} processes.", "",
+             f"- Command: `{command.strip()}`. Timings: diffusers and one sumie variant each in a process of its "
+             f"own, their calls taking turns, median of {args.calls} calls each after one untimed call; a "
+             f"diffusers process per variant. diffusers' malloc: "
+             + ("glibc's defaults" if args.glibc_defaults else "sumie's settings (`sumie.allocator`)")
+             + f". Load, warm-up and peak RSS: each library alone in its own process, median of {args.repeats} "
+             f"processes.", "",
              "| measure | diffusers | " + " | ".join(f"{names[lib]} | ratio" for lib in mine) + " |",
              "| --- | --- |" + " --- | --- |" * len(mine)]
     for key in ["load", *paired["sumie"], "peak RSS (GiB)", "warm-up (first UNet call)"]:
@@ -160,14 +201,14 @@ def main() -> None:
         print(f"{lib} alone: " + "; ".join(f"{k} " + "/".join(f"{r[k]:.2f}" for r in rs) for k in rs[0]),
               file=sys.stderr)
     for lib, pair in paired.items():
-        print(f"{lib} against diffusers in its process: " + "; ".join(f"{k} {a:.2f} vs {b:.2f}"
+        print(f"{lib} against its diffusers process: " + "; ".join(f"{k} {a:.2f} vs {b:.2f}"
                                                                        for k, (a, b) in pair.items()), file=sys.stderr)
     if args.write:
         from doc import write_section
         intro = ("Full SD 1.5 architecture, random weights, diffusers' own `from_pretrained` against sumie's on the "
                  "same folder. Timings exclude warm-up except where named. Every ratio is against diffusers' "
-                 "eager time measured in the same process, calls alternating, so that the machine's slow "
-                 "drifts (±15% or more between processes here) cancel.\n\n")
+                 "eager time measured in the same run, calls taking turns between the two processes, so that "
+                 "the machine's slow drifts (±15% or more) hit both.\n\n")
         write_section("## Engine (issue 7)", intro + table)
 
 
