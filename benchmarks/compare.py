@@ -28,7 +28,7 @@ ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT / "benchmarks"))
 
 CHILD = r"""
-import json, statistics, sys, time
+import json, resource, statistics, sys, time
 import torch
 torch.set_num_threads(2)
 mode, lib, folder, calls = sys.argv[1], sys.argv[2], sys.argv[3], int(sys.argv[4])
@@ -92,8 +92,10 @@ with torch.no_grad():
         pipe = build(lib)
         runs = measures(lib, pipe)
         print(json.dumps(list(runs)), flush=True)
-        for name in sys.stdin:
-            print(json.dumps(seconds(runs[name.strip()])), flush=True)
+        for name in sys.stdin:  # answer: [seconds, minor page faults] of the call
+            faults = resource.getrusage(resource.RUSAGE_SELF).ru_minflt
+            took = seconds(runs[name.strip()])
+            print(json.dumps([took, resource.getrusage(resource.RUSAGE_SELF).ru_minflt - faults]), flush=True)
         sys.exit(0)
 print(json.dumps(out))
 """
@@ -124,27 +126,29 @@ def run(mode: str, lib: str, folder, glibc_defaults: bool) -> dict:
     return json.loads(done.stdout.strip().splitlines()[-1])
 
 
-def lockstep(libs: list[str], folder, calls: int, glibc_defaults: bool) -> dict:
-    """{measure: {lib: median seconds}}: one process per library, loaded one after the other, then each
-    measure called once untimed in each, then `calls` timed calls taking turns (A B A B ...)."""
-    procs, names = {}, {}
-    for lib in libs:
-        procs[lib] = subprocess.Popen([sys.executable, "-c", CHILD, "serve", lib, str(folder), "0"], text=True,
-                                      stdin=subprocess.PIPE, stdout=subprocess.PIPE, env=env(lib, glibc_defaults))
-        line = procs[lib].stdout.readline()
+def lockstep(procs: dict[str, tuple[str, dict]], folder, calls: int, only=None) -> dict:
+    """{measure: {label: (median seconds, median minor page faults)}} for processes {label: (lib, environment)}:
+    loaded one after the other, then each measure (those in `only`, if given) called once untimed in each, then
+    `calls` timed calls taking turns (A B A B ...)."""
+    running, names = {}, {}
+    for label, (lib, environment) in procs.items():
+        running[label] = subprocess.Popen([sys.executable, "-c", CHILD, "serve", lib, str(folder), "0"], text=True,
+                                          stdin=subprocess.PIPE, stdout=subprocess.PIPE, env=environment)
+        line = running[label].stdout.readline()
         if not line:
-            sys.exit(f"{lib} failed to start (its stderr is above)")
-        names[lib] = json.loads(line)
-    call = lambda lib, name: (procs[lib].stdin.write(name + "\n"), procs[lib].stdin.flush(),
-                              json.loads(procs[lib].stdout.readline()))[-1]
+            sys.exit(f"{label} failed to start (its stderr is above)")
+        names[label] = json.loads(line)
+    call = lambda label, name: (running[label].stdin.write(name + "\n"), running[label].stdin.flush(),
+                                json.loads(running[label].stdout.readline()))[-1]
     out = {}
-    for name in names[libs[-1]]:
-        have = [lib for lib in libs if name in names[lib]]
-        for lib in have:
-            call(lib, name)
-        times = zip(*[[call(lib, name) for lib in have] for _ in range(calls)])
-        out[name] = dict(zip(have, map(statistics.median, times)))
-    for p in procs.values():
+    last = names[list(procs)[-1]]  # put diffusers last: it has every measure
+    for name in [n for n in last if only is None or n in only]:
+        have = [label for label in procs if name in names[label]]
+        for label in have:
+            call(label, name)
+        answers = zip(*[[call(label, name) for label in have] for _ in range(calls)])
+        out[name] = {label: tuple(map(statistics.median, zip(*a))) for label, a in zip(have, answers)}
+    for p in running.values():
         p.stdin.close()
         p.wait()
     return out
@@ -165,9 +169,10 @@ def main() -> None:
     mine = ["sumie"] + (["sumie-compiled"] if args.compile else []) + (["sumie-inductor"] if args.inductor else [])
     # each sumie variant takes turns with a diffusers process of its own: all of them at once would need
     # more than this 24 GiB machine has, and the kernel would drop and re-read sumie's memory-mapped weights
-    paired = {lib: {k: [v[lib], v["diffusers"]] for k, v in lockstep([lib, "diffusers"], folder, args.calls,
-                                                                       args.glibc_defaults).items() if lib in v}
-              for lib in mine}
+    pairs = {lib: lockstep({lib: (lib, env(lib, args.glibc_defaults)),
+                            "diffusers": ("diffusers", env("diffusers", args.glibc_defaults))}, folder, args.calls)
+             for lib in mine}
+    paired = {lib: {k: [v[lib][0], v["diffusers"][0]] for k, v in pairs[lib].items() if lib in v} for lib in mine}
     alone = {lib: [] for lib in mine + ["diffusers"]}
     for _ in range(args.repeats):
         for lib in alone:

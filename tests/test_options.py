@@ -90,15 +90,19 @@ def test_winograd_convolution_equals_the_direct_one(shape, bias):
 
 
 def test_packed_convolutions_take_winograd_where_it_is_faster():
+    """Winograd's transformed weight at 8x8 and up, nothing kept where im2col pays, else oneDNN's packing."""
     from sumie import packing
     torch.manual_seed(0)
     wide, narrow = torch.nn.Conv2d(256, 256, 3, padding=1), torch.nn.Conv2d(192, 192, 3, padding=1)
+    wider = torch.nn.Conv2d(512, 512, 3, padding=1)  # 512 * 512 >= 6400 * 16: im2col at 4x4, batch 1
     with torch.no_grad():
-        for conv, size, kind in ((wide, 8, "winograd"), (wide, 4, (2, 256, 4, 4)), (narrow, 8, (2, 192, 8, 8))):
-            x = torch.randn(2, conv.in_channels, size, size)
+        for conv, batch, size, kind in ((wide, 2, 8, "winograd"), (wide, 2, 4, (2, 256, 4, 4)),
+                                        (narrow, 2, 8, (2, 192, 8, 8)), (wider, 1, 4, None)):
+            x = torch.randn(batch, conv.in_channels, size, size)
             plain = conv(x)
             packing.pack(conv)
-            assert torch.allclose(conv(x), plain, atol=1e-5) and conv.__dict__["_packed"][0][2] == kind
+            assert torch.allclose(conv(x), plain, atol=1e-5)
+            assert (conv.__dict__["_packed"][0][2] if kind else conv.__dict__.get("_packed")) == kind
             conv.weight[0].zero_()  # an in-place edit: the transformed copy is remade
             assert conv(x)[:, 0].sub(conv.bias[0]).abs().max() < 1e-6
             packing.unpack(conv)

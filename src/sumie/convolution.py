@@ -35,6 +35,12 @@ def cpu_inference(x: torch.Tensor, weight: torch.Tensor) -> bool:
             and not torch.compiler.is_compiling())
 
 
+def im2col_pays(x: torch.Tensor, weight: torch.Tensor) -> bool:
+    """Whether im2col beats the direct convolution of x (B, C, H, W): C_in * C_out >= IM2COL_RATIO * B * H * W."""
+    B, C, H, W = x.shape
+    return C * weight.shape[0] >= IM2COL_RATIO * B * H * W
+
+
 def im2col_conv3x3(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None,
                    padding: tuple[int, int] = (1, 1)) -> torch.Tensor:
     """F.conv2d(x, weight, bias, padding=padding) as a matrix product: (B, C, H, W) -> (B, O, H', W')."""
@@ -54,11 +60,10 @@ def conv2d(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None, str
     plain_3x3 = (weight.shape[-2:] == (3, 3) and stride in (1, (1, 1)) and dilation in (1, (1, 1))
                  and groups == 1 and max(padding) <= 1)
     if plain_3x3 and x.dim() == 4 and cpu_inference(x, weight):
-        B, C, H, W = x.shape
-        pairs = C * weight.shape[0]
-        if pairs >= IM2COL_RATIO * B * H * W:
+        if im2col_pays(x, weight):
             return im2col_conv3x3(x, weight, bias, padding)
-        if pairs <= WINOGRAD_MAX_PAIRS and winograd.pays(C, weight.shape[0], H, W):
+        B, C, H, W = x.shape
+        if C * weight.shape[0] <= WINOGRAD_MAX_PAIRS and winograd.pays(C, weight.shape[0], H, W):
             return winograd.conv3x3(x, winograd.transform_weight(weight), bias, padding)
     return F.conv2d(x, weight, bias, stride, padding, dilation, groups)
 

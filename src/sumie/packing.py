@@ -5,10 +5,12 @@ blocked layout of its own. A plain `F.conv2d` / `F.linear` call converts the wei
 every call; for the UNet's 1280-channel layers at 8x8 or 16x16 positions the conversion costs about as
 much as the arithmetic. `pack(model)` makes each Conv2d and Linear convert its weight once, for the input
 shape it sees, and keep the packed copy. Wide 3x3 convolutions instead keep their Winograd-transformed
-weights (`sumie.winograd`), which need 2.25x fewer multiplies. The numbers are the same within float
-rounding, a 256² UNet step takes 0.62-0.67x the plain time on a 2-core AVX2 machine (docs/benchmarks.md),
-and the process holds a second, packed copy of the weights (16/9 the size for Winograd layers), which is
-why this is an option and not the default.
+weights (`sumie.winograd`), which need 2.25x fewer multiplies; where the image is small beside the weight
+(the UNet's 1280-channel layers at 4x4 positions), im2col on the weight as stored (`sumie.convolution`)
+beats oneDNN's packed weight and keeps no copy. The numbers are the same within float rounding, a 256²
+UNet step takes about 0.8x the plain time on a 2-core AVX2 machine (docs/benchmarks.md), and the process
+holds a second, packed copy of most weights (16/9 the size for Winograd layers), which is why this is an
+option and not the default.
 
 The packed copy is remade when the weight changes (in-place edits bump its version) or the input shape
 changes. Anything but float32 CPU inference (training, CUDA, half precision, torch.compile tracing)
@@ -23,7 +25,7 @@ import torch
 from torch import nn
 
 from . import winograd
-from .convolution import cpu_inference
+from .convolution import cpu_inference, im2col_conv3x3, im2col_pays
 
 
 def _packed(module: nn.Module, shape_key, make) -> torch.Tensor:
@@ -44,6 +46,8 @@ def _conv2d(self: nn.Conv2d, x: torch.Tensor) -> torch.Tensor:
     if winograd.fits(self, x):
         return winograd.conv3x3(x, _packed(self, "winograd", lambda: winograd.transform_weight(self.weight)),
                                 self.bias)
+    if winograd.same_3x3(self) and im2col_pays(x, self.weight):  # 4x4 positions: faster than oneDNN's packing
+        return im2col_conv3x3(x, self.weight, self.bias)
     args = (list(self.padding), list(self.stride), list(self.dilation), self.groups)
     weight = _packed(self, tuple(x.shape),
                      lambda: torch.ops.mkldnn._reorder_convolution_weight(self.weight, *args, list(x.shape)))

@@ -16,7 +16,7 @@ from .layers import Attention, Downsample, ResnetBlock, Upsample
 
 EPS = 1e-6  # GroupNorm epsilon throughout the VAE
 BAND_BUDGET = 1 << 22  # elements of one band's input in decode_tiled/encode_tiled (16 MiB in float32)
-BANDS_FROM = 512 * 512  # output pixels from which `decode` runs in bands: as fast as one call on CPU there
+BANDS_FROM = 768 * 768  # output pixels from which `decode` runs in bands (at 512², one call is 1.35x faster)
 
 
 class DiagonalGaussian:
