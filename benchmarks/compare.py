@@ -28,10 +28,10 @@ ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT / "benchmarks"))
 
 CHILD = r"""
-import json, resource, statistics, sys, time
+import json, resource, sys, time
 import torch
 torch.set_num_threads(2)
-mode, lib, folder, calls = sys.argv[1], sys.argv[2], sys.argv[3], int(sys.argv[4])
+mode, lib, folder = sys.argv[1], sys.argv[2], sys.argv[3]
 import sumie, sumie.compat, diffusers
 out = {}
 
@@ -119,7 +119,7 @@ def env(lib: str, glibc_defaults: bool) -> dict:
 
 
 def run(mode: str, lib: str, folder, glibc_defaults: bool) -> dict:
-    done = subprocess.run([sys.executable, "-c", CHILD, mode, lib, str(folder), "0"], capture_output=True,
+    done = subprocess.run([sys.executable, "-c", CHILD, mode, lib, str(folder)], capture_output=True,
                           text=True, env=env(lib, glibc_defaults))
     if done.returncode:
         sys.exit(f"{mode} {lib} run failed:\n{done.stderr[-3000:]}")
@@ -132,7 +132,7 @@ def lockstep(procs: dict[str, tuple[str, dict]], folder, calls: int, only=None) 
     `calls` timed calls taking turns (A B A B ...)."""
     running, names = {}, {}
     for label, (lib, environment) in procs.items():
-        running[label] = subprocess.Popen([sys.executable, "-c", CHILD, "serve", lib, str(folder), "0"], text=True,
+        running[label] = subprocess.Popen([sys.executable, "-c", CHILD, "serve", lib, str(folder)], text=True,
                                           stdin=subprocess.PIPE, stdout=subprocess.PIPE, env=environment)
         line = running[label].stdout.readline()
         if not line:

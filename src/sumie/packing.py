@@ -8,7 +8,7 @@ shape it sees, and keep the packed copy. Wide 3x3 convolutions instead keep thei
 weights (`sumie.winograd`), which need 2.25x fewer multiplies; where the image is small beside the weight
 (the UNet's 1280-channel layers at 4x4 positions), im2col on the weight as stored (`sumie.convolution`)
 beats oneDNN's packed weight and keeps no copy. The numbers are the same within float rounding, a 256²
-UNet step takes about 0.8x the plain time on a 2-core AVX2 machine (docs/benchmarks.md), and the process
+UNet step takes about 0.8x sumie's eager time on a 2-core AVX2 machine (docs/benchmarks.md), and the process
 holds a second, packed copy of most weights (16/9 the size for Winograd layers), which is why this is an
 option and not the default.
 
