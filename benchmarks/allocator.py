@@ -26,12 +26,12 @@ def main() -> None:
     ap.add_argument("--calls", type=int, default=5, help="timed steps per process")
     ap.add_argument("--write", action="store_true", help="refresh docs/benchmarks.md")
     args = ap.parse_args()
-    from compare import KEPT, lockstep
+    from compare import TUNABLES, lockstep
     from load import write_model
     folder, _ = write_model()
     procs = {"sumie (keeps freed memory)": ("sumie", dict(os.environ)),
              "sumie, glibc's defaults": ("sumie", dict(os.environ, SUMIE_KEEP_FREED_MEMORY="0")),
-             "diffusers, sumie's settings": ("diffusers", dict(os.environ, GLIBC_TUNABLES=KEPT)),
+             "diffusers, sumie's settings": ("diffusers", dict(os.environ, GLIBC_TUNABLES=TUNABLES)),
              "diffusers (glibc's defaults)": ("diffusers", dict(os.environ))}
     step = lockstep(procs, folder, args.calls, only=[STEP])[STEP]
     import torch

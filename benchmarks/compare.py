@@ -27,6 +27,8 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT / "benchmarks"))
 
+from sumie.allocator import TUNABLES  # noqa: E402  (sumie's malloc settings, for diffusers' processes)
+
 CHILD = r"""
 import json, resource, sys, time
 import torch
@@ -108,13 +110,10 @@ def cpu_name() -> str:
     return platform.machine()
 
 
-KEPT = "glibc.malloc.mmap_max=0:glibc.malloc.trim_threshold=2147483647"  # what sumie.allocator sets
-
-
 def env(lib: str, glibc_defaults: bool) -> dict:
     """diffusers runs with sumie's malloc settings (sumie.allocator) unless `glibc_defaults`."""
     if lib == "diffusers" and not glibc_defaults:
-        return dict(os.environ, GLIBC_TUNABLES=KEPT)
+        return dict(os.environ, GLIBC_TUNABLES=TUNABLES)
     return dict(os.environ)
 
 

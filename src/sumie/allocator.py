@@ -22,6 +22,8 @@ import os
 import platform
 
 M_TRIM_THRESHOLD, M_MMAP_MAX = -1, -4  # mallopt parameters, glibc's malloc.h
+TRIM_BYTES = 2**31 - 1  # the largest trim threshold mallopt takes
+TUNABLES = f"glibc.malloc.mmap_max=0:glibc.malloc.trim_threshold={TRIM_BYTES}"  # the same, as GLIBC_TUNABLES
 _done = False
 
 
@@ -30,5 +32,5 @@ def keep_freed_memory() -> bool:
     global _done
     if not _done and os.environ.get("SUMIE_KEEP_FREED_MEMORY", "1") != "0" and platform.libc_ver()[0] == "glibc":
         libc = ctypes.CDLL(None)
-        _done = bool(libc.mallopt(M_MMAP_MAX, 0)) and bool(libc.mallopt(M_TRIM_THRESHOLD, 2**31 - 1))
+        _done = bool(libc.mallopt(M_MMAP_MAX, 0)) and bool(libc.mallopt(M_TRIM_THRESHOLD, TRIM_BYTES))
     return _done
