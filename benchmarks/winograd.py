@@ -1,12 +1,13 @@
-"""Winograd F(2x2, 3x3) against oneDNN's packed convolution on the 3x3 layers SD 1.5 runs at 256².
+"""Winograd F(2x2, 3x3) and F(4x4, 3x3) against oneDNN's packed convolution on the 3x3 layers SD 1.5 runs at 256².
 
     python benchmarks/winograd.py [--write]
 
 Records every Conv2d call of one guided UNet step (batch 2, 32x32 latents) and one VAE decode (32x32
 latent) on the full SD 1.5 architecture with random weights, keeps the shapes `sumie.winograd.fits`
 accepts and the 3x3 shapes it turns down, and times each both ways in one process: oneDNN with its
-weights packed once (what `compile()` did before), and `winograd.conv3x3`. Also the max error of each
-against a float64 convolution. `--write` refreshes the "Winograd convolution" section of docs/benchmarks.md.
+weights packed once (what `compile()` did before), and `winograd.conv3x3` with F(2x2, 3x3) and, from 8x8
+positions, F(4x4, 3x3) ("used" marks the one `compile()` takes, `winograd.fast_tile`). Also the max error
+of each against a float64 convolution. `--write` refreshes the "Winograd convolution" section of docs/benchmarks.md.
 """
 
 from __future__ import annotations
@@ -61,28 +62,32 @@ def main() -> None:
     runs = {"UNet": conv_calls(model.unet, lambda: model.unet(torch.randn(2, 4, 32, 32), 500,
                                                                encoder_hidden_states=ctx)),
             "VAE": conv_calls(model.vae, lambda: model.vae.decode(torch.randn(1, 4, 32, 32)))}
-    lines = header("winograd.py", args.repeats, ["network", "input", "output channels", "calls", "Winograd",
-                                                  "oneDNN packed", "Winograd / oneDNN", "error oneDNN",
-                                                  "error Winograd"])
+    lines = header("winograd.py", args.repeats, ["network", "input", "output channels", "calls", "F(2x2, 3x3)",
+                                                  "F(4x4, 3x3)", "oneDNN packed", "used / oneDNN", "error oneDNN",
+                                                  "error F(2x2)", "error F(4x4)"])
     totals = {}
     with torch.no_grad():
         for net, shape, wshape, conv, n, x, exact in each_layer(runs):
             pads = ([1, 1], [1, 1], [1, 1], 1)
             packed = torch.ops.mkldnn._reorder_convolution_weight(conv.weight, *pads, list(shape))
             onednn = lambda: torch.ops.mkldnn._convolution_pointwise(x, packed, conv.bias, *pads, "none", [], "")
-            U = winograd.transform_weight(conv.weight)
-            wino = lambda: winograd.conv3x3(x, U, conv.bias)
-            errors = [(f().double() - exact).abs().max().item() for f in (onednn, wino)]
-            a, b = median_time(onednn, args.repeats), median_time(wino, args.repeats)
-            used = winograd.fits(conv, x)
+            tiles = (2, 4) if min(shape[-2:]) >= 8 else (2,)
+            winos = {m: (lambda U=winograd.transform_weight(conv.weight, m): winograd.conv3x3(x, U, conv.bias))
+                     for m in tiles}
+            errors = [(f().double() - exact).abs().max().item() for f in (onednn, *winos.values())]
+            a = median_time(onednn, args.repeats)
+            b = {m: median_time(f, args.repeats) for m, f in winos.items()}
+            used = winograd.fast_tile(*wshape[1::-1], *shape[-2:]) if winograd.fits(conv, x) else None
             if used:
                 t = totals.setdefault(net, [0.0, 0.0])
                 t[0] += n * a
-                t[1] += n * b
-            lines.append(f"| {net} | {'x'.join(map(str, shape))} | {wshape[0]} | {n} | "
-                         f"{'used' if used else 'not used'}, {b * 1e3:.1f} ms | {a * 1e3:.1f} ms | "
-                         f"{b / a:.2f} | {errors[0]:.1e} | {errors[1]:.1e} |")
+                t[1] += n * b[used]
+            cells = [f"{'used, ' if used == m else ''}{b[m] * 1e3:.1f} ms" if m in b else "" for m in (2, 4)]
+            errs = [f"{e:.1e}" for e in errors] + [""] * (3 - len(errors))
+            lines.append(f"| {net} | {'x'.join(map(str, shape))} | {wshape[0]} | {n} | {' | '.join(cells)} | "
+                         f"{a * 1e3:.1f} ms | {b[used] / a if used else b[2] / a:.2f} | {' | '.join(errs)} |")
     lines.append("")
+    lines.append("- used / oneDNN: where `compile()` takes neither tiling, F(2x2, 3x3)'s time over oneDNN's.")
     lines += [f"- {net}: the layers Winograd is used for take {b:.2f} s per {'step' if net == 'UNet' else 'decode'} "
               f"against oneDNN's {a:.2f} s (**{b / a:.2f}×**)." for net, (a, b) in totals.items()]
     from doc import report

@@ -1,29 +1,59 @@
-"""3x3 convolution by Winograd's minimal filtering, F(2x2, 3x3): the CPU fast path's wide convolutions.
+"""3x3 convolution by Winograd's minimal filtering, F(2x2, 3x3) and F(4x4, 3x3): the CPU fast path's
+wide convolutions.
 
-Lavin & Gray 2016, "Fast Algorithms for Convolutional Neural Networks", sec. 4 and eq. 8. Each 2x2 block
-of outputs is computed from the 4x4 input tile d around it as
+Lavin & Gray 2016, "Fast Algorithms for Convolutional Neural Networks", sec. 4 and eq. 8. Each m x m block
+of outputs is computed from the (m+2) x (m+2) input tile d around it as
 
     Y = A^T [ (G g G^T) * (B^T d B) ] A          (* elementwise, per input/output channel pair)
 
-and summing the elementwise products over input channels is 16 matrix multiplies, one per position of
-the 4x4 tile. That is 16 multiplies per 4 outputs where a direct convolution does 36: 2.25x fewer. The
-transforms B, G and A hold only 0, +-1 and +-1/2, so the result is as accurate as the direct sum: on SD's
-layer shapes its max error against a float64 convolution is about 2e-6, oneDNN's 6e-6 to 1e-5.
+and summing the elementwise products over input channels is (m+2)^2 matrix multiplies, one per position of
+the tile: 16 multiplies per 4 outputs for m = 2, 36 per 16 for m = 4, where a direct convolution does 9 per
+output (2.25x and 4x fewer).
+
+- F(2x2, 3x3): B, G and A hold only 0, +-1 and +-1/2, so the result is as accurate as the direct sum: on
+  SD's layer shapes its max error against a float64 convolution is about 2e-6 to 6e-6, oneDNN's 2e-6 to 1e-5.
+  Eager convolution (`sumie.convolution`) and the fast path use it.
+- F(4x4, 3x3) (interpolation points 0, +-1, +-2): its transforms multiply by up to 8, and its error is about
+  8e-5 on the same shapes, 15-40x oneDNN's; over a whole UNet step about 8e-6 against float64 (sumie eager:
+  2e-6), over a VAE decode 0.006 of a colour level. Only the fast path (`sumie.packing`) uses it, where
+  the image is large beside the weight (`fast_tile`): it needs 1.78x fewer multiplies than F(2x2, 3x3) and
+  moves fewer values per output through its transforms, but its transformed weight is 4x the weight's size.
 
 What it buys depends on the shape. With 256 or more channels on both sides and at least 8x8 positions,
-a 2-core AVX2 machine computes SD's 3x3 layers in 0.6-0.95x the time of oneDNN's packed convolution,
-0.75x over those of a 256² UNet step (docs/benchmarks.md, "Winograd convolution"). With fewer channels
-the transforms (memory traffic) outweigh the saved arithmetic, and at 4x4 positions the layer is bound
-by reading its weights, which the transform makes 16/9 as large. `fits` encodes that rule.
+a 2-core AVX2 machine computes SD's 3x3 layers by F(2x2, 3x3) in 0.6-0.95x the time of oneDNN's packed
+convolution (docs/benchmarks.md, "Winograd convolution"), and by F(4x4, 3x3) in 0.65-0.8x the time of
+F(2x2, 3x3) from 32x32 positions (at 16x16, in a UNet step, no faster). With fewer channels the transforms
+(memory traffic) outweigh the saved arithmetic, and at 4x4 positions the layer is bound by reading its
+weights, which the transform makes 16/9 as large. `pays` and `fast_tile` encode that rule.
 """
 
 from __future__ import annotations
+
+import math
+from typing import NamedTuple
 
 import torch
 import torch.nn.functional as F
 from torch import nn
 
-G = torch.tensor([[1.0, 0.0, 0.0], [0.5, 0.5, 0.5], [0.5, -0.5, 0.5], [0.0, 0.0, 1.0]])  # filter transform
+
+class Tiling(NamedTuple):
+    """The transforms of F(m x m, 3x3); rows of B^T and A^T as coefficient tuples (Lavin & Gray 2016, sec. 4)."""
+    m: int  # outputs per tile side; tiles are (m + 2) x (m + 2) inputs
+    BT: tuple  # (m+2, m+2): input transform
+    G: tuple  # (m+2, 3): filter transform
+    AT: tuple  # (m, m+2): output transform; its column 1 is all ones (see conv3x3's bias)
+
+
+F2 = Tiling(2, BT=((1, 0, -1, 0), (0, 1, 1, 0), (0, -1, 1, 0), (0, 1, 0, -1)),
+            G=((1, 0, 0), (1 / 2, 1 / 2, 1 / 2), (1 / 2, -1 / 2, 1 / 2), (0, 0, 1)),
+            AT=((1, 1, 1, 0), (0, 1, -1, -1)))
+F4 = Tiling(4, BT=((4, 0, -5, 0, 1, 0), (0, -4, -4, 1, 1, 0), (0, 4, -4, -1, 1, 0), (0, -2, -1, 2, 1, 0),
+                   (0, 2, -1, -2, 1, 0), (0, 4, 0, -5, 0, 1)),
+            G=((1 / 4, 0, 0), (-1 / 6, -1 / 6, -1 / 6), (-1 / 6, 1 / 6, -1 / 6), (1 / 24, 1 / 12, 1 / 6),
+               (1 / 24, -1 / 12, 1 / 6), (0, 0, 1)),
+            AT=((1, 1, 1, 1, 1, 0), (0, 1, -1, 2, -2, 0), (0, 1, 1, 4, 4, 0), (0, 1, -1, 8, -8, 1)))
+TILINGS = {2: F2, 4: F4}
 TILE_ROWS = 128  # tiles per matrix multiply: the transformed tiles stay in cache
 
 
@@ -43,62 +73,84 @@ def fits(conv: nn.Conv2d, x: torch.Tensor) -> bool:
     return same_3x3(conv) and pays(conv.in_channels, conv.out_channels, *x.shape[-2:])
 
 
-def transform_weight(weight: torch.Tensor) -> torch.Tensor:
-    """U = G g G^T for every channel pair: (O, C, 3, 3) -> (16, C, O), a transposed view of (16, O, C).
+def fast_tile(in_channels: int, out_channels: int, height: int, width: int) -> int:
+    """m of the F(m x m, 3x3) the fast path uses for a shape `pays` accepts (module docstring): 4 from 32x32
+    positions, where the image is large beside the weight, else 2."""
+    return 4 if min(height, width) >= 32 else 2
 
-    U[4a + b] = sum over k, l of G[a, k] G[b, l] g[k, l]: one product with the Kronecker matrix G x G."""
+
+def transform_weight(weight: torch.Tensor, m: int = 2) -> torch.Tensor:
+    """U = G g G^T of F(m x m, 3x3) for every channel pair: (O, C, 3, 3) -> ((m+2)^2, C, O), contiguous.
+
+    U[t a + b] = sum over k, l of G[a, k] G[b, l] g[k, l] (t = m + 2): one product with the Kronecker matrix
+    G x G. Contiguous (O varying fastest): the products V U then run at full speed where the weights are
+    in cache. F(4x4, 3x3)'s G holds sixths, so its U is computed in float64 and rounded once."""
     O, C = weight.shape[:2]
-    GG = torch.kron(G, G).to(weight)  # (16, 9)
-    return torch.mm(GG, weight.reshape(O * C, 9).t()).view(16, O, C).transpose(1, 2)
+    dtype = weight.dtype if m == 2 else torch.float64  # F2's G is exact in any float type
+    GG = torch.kron(*[torch.tensor(TILINGS[m].G, dtype=dtype, device=weight.device)] * 2)  # (t^2, 9)
+    g = weight.to(dtype).transpose(0, 1).reshape(C * O, 9)
+    return torch.mm(GG, g.t()).view(-1, C, O).to(weight.dtype)
 
 
-def _times_bt(d: list[torch.Tensor], out) -> None:
-    """out[i] = sum over k of B^T[i, k] d[k], B^T = [[1, 0, -1, 0], [0, 1, 1, 0], [0, -1, 1, 0], [0, 1, 0, -1]]."""
-    torch.sub(d[0], d[2], out=out[0])
-    torch.add(d[1], d[2], out=out[1])
-    torch.sub(d[2], d[1], out=out[2])
-    torch.sub(d[1], d[3], out=out[3])
+def _combine(coefficients: tuple, parts: list[torch.Tensor], out: torch.Tensor) -> None:
+    """out = sum over k of coefficients[k] * parts[k], skipping zeros, in as few passes as it takes."""
+    terms = sorted(((c, p) for c, p in zip(coefficients, parts) if c), key=lambda term: term[0] != 1)
+    (c, p), rest = terms[0], terms[1:]
+    if c == 1 and rest:  # first pass: p + c' p'
+        c2, p2 = rest.pop(0)
+        torch.add(p, p2, alpha=c2, out=out)
+    else:
+        torch.mul(p, c, out=out)
+    for c, p in rest:
+        out.add_(p, alpha=c)
 
 
-def _input_transform(xp: torch.Tensor, V: torch.Tensor) -> None:
-    """V = B^T d B for the 4x4 tiles d of xp at stride 2: (B, 2n+2, 2m+2, C) -> V (4, 4, B, n, m, C);
+def _input_transform(xp: torch.Tensor, V: torch.Tensor, T: Tiling) -> None:
+    """V = B^T d B for the tiles d of xp at stride m: (B, m k + 2, m j + 2, C) -> V (t, t, B, k, j, C);
     B^T applied to rows, then columns."""
-    n, m = V.shape[3:5]
-    d = [xp[:, k:k + 2 * n:2] for k in range(4)]  # row k of every tile: (B, n, 2m+2, C)
-    r = xp.new_empty(4, *d[0].shape)
-    _times_bt(d, r)
-    _times_bt([r[:, :, :, k:k + 2 * m:2] for k in range(4)], V.unbind(1))  # column k: (4, B, n, m, C)
+    m, t = T.m, T.m + 2
+    k, j = V.shape[3:5]
+    d = [xp[:, a:a + m * k:m] for a in range(t)]  # row a of every tile: (B, k, m j + 2, C)
+    r = xp.new_empty(t, *d[0].shape)
+    for a in range(t):
+        _combine(T.BT[a], d, r[a])
+    columns = [r[:, :, :, b:b + m * j:m] for b in range(t)]  # column b of every tile: (t, B, k, j, C)
+    for b in range(t):
+        _combine(T.BT[b], columns, V[:, b])
 
 
-def _output_transform(M: torch.Tensor, y: torch.Tensor) -> None:
-    """y = A^T M A per tile: M (4, 4, B, n, m, O) -> y (B, n, 2, m, 2, O), the 2x2 outputs in place.
-
-    A^T = [[1, 1, 1, 0], [0, 1, -1, -1]], applied to rows, then columns."""
-    r = torch.stack([M[0] + M[1] + M[2], M[1] - M[2] - M[3]])  # (2, 4, B, n, m, O)
-    s = r[:, 1] + r[:, 2]
-    torch.add(r[:, 0], s, out=y[:, :, :, :, 0].permute(2, 0, 1, 3, 4))
-    torch.sub(r[:, 1], r[:, 2], out=y[:, :, :, :, 1].permute(2, 0, 1, 3, 4)).sub_(r[:, 3])
+def _output_transform(M: torch.Tensor, y: torch.Tensor, T: Tiling) -> None:
+    """y = A^T M A per tile: M (t, t, B, k, j, O) -> y (B, k, m, j, m, O), the m x m outputs in place;
+    A^T applied to rows, then columns."""
+    r = M.new_empty(T.m, *M.shape[1:])  # (m, t, B, k, j, O)
+    for a in range(T.m):
+        _combine(T.AT[a], list(M), r[a])
+    columns = list(r.unbind(1))  # (m, B, k, j, O) each
+    for b in range(T.m):
+        _combine(T.AT[b], columns, y[:, :, :, :, b].permute(2, 0, 1, 3, 4))
 
 
 def conv3x3(x: torch.Tensor, U: torch.Tensor, bias: torch.Tensor | None, padding: tuple[int, int] = (1, 1)
             ) -> torch.Tensor:
-    """F.conv2d(x, g, bias, padding=padding) with U = transform_weight(g), padding 0 or 1 on each axis:
+    """F.conv2d(x, g, bias, padding=padding) with U = transform_weight(g, m), padding 0 or 1 on each axis:
     (B, C, H, W) -> (B, O, H + 2 * padding[0] - 2, W + 2 * padding[1] - 2).
 
-    The result is channels-last in memory. Tiles go through in groups of TILE_ROWS."""
+    m follows from U's size. The result is channels-last in memory. Tiles go through in groups of TILE_ROWS."""
+    T = TILINGS[math.isqrt(U.shape[0]) - 2]
+    m, t = T.m, T.m + 2
     B, C, H, W = x.shape
     O = U.shape[-1]
     (ph, pw), Ho, Wo = padding, H + 2 * padding[0] - 2, W + 2 * padding[1] - 2
-    n, m = (Ho + 1) // 2, (Wo + 1) // 2  # tiles down and across
-    xp = F.pad(x.permute(0, 2, 3, 1), (0, 0, pw, 2 * m + 2 - W - pw, ph, 2 * n + 2 - H - ph))  # (B, 2n+2, 2m+2, C)
-    rows = max(1, TILE_ROWS // (B * m))  # tile rows per group
-    y = x.new_empty(B, n, 2, m, 2, O)
+    n, j = -(-Ho // m), -(-Wo // m)  # tiles down and across
+    xp = F.pad(x.permute(0, 2, 3, 1), (0, 0, pw, m * j + 2 - W - pw, ph, m * n + 2 - H - ph))  # (B, mn+2, mj+2, C)
+    rows = max(1, TILE_ROWS // (B * j))  # tile rows per group
+    y = x.new_empty(B, n, m, j, m, O)
     for i in range(0, n, rows):
         k = min(rows, n - i)
-        V = x.new_empty(4, 4, B, k, m, C)
-        _input_transform(xp[:, 2 * i:2 * (i + k) + 2], V)
-        M = torch.bmm(V.view(16, -1, C), U).view(4, 4, B, k, m, O)
+        V = x.new_empty(t, t, B, k, j, C)
+        _input_transform(xp[:, m * i:m * (i + k) + 2], V, T)
+        M = torch.bmm(V.view(t * t, -1, C), U).view(t, t, B, k, j, O)
         if bias is not None:
-            M[1, 1] += bias  # column 1 of A^T is (1, 1): this adds bias to all four outputs of a tile
-        _output_transform(M, y[:, i:i + k])
-    return y.view(B, 2 * n, 2 * m, O)[:, :Ho, :Wo].permute(0, 3, 1, 2)
+            M[1, 1] += bias  # column 1 of A^T is all ones: this adds bias to all m x m outputs of a tile
+        _output_transform(M, y[:, i:i + k], T)
+    return y.view(B, m * n, m * j, O)[:, :Ho, :Wo].permute(0, 3, 1, 2)
