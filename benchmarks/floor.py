@@ -3,10 +3,12 @@
     python benchmarks/floor.py [--write]
 
 Counts the step's floating-point operations (torch.utils.flop_counter; and how many are left when the
-3x3 convolutions `sumie.winograd.fits` accepts take 4 multiplies for 9), measures the float32 GEMM peak
-(a 4096² matrix product), times sumie's UNet step eager and packed (`sumie.packing`, what `compile()` does
-on CPU) in one process, and splits the packed step's profile by operator kind. `--write` refreshes the
-"UNet step floor" section of docs/benchmarks.md.
+3x3 convolutions `sumie.winograd.fits` accepts take 4 multiplies for 9, or 2.25 where packing takes
+F(4x4, 3x3)), measures the float32 GEMM peak (a 4096² matrix product) and the rate of reading memory (a
+sum over 1 GiB), times sumie's UNet step eager and packed (`sumie.packing`, what `compile()` does on CPU) in
+one process, and splits the packed step by layer kind, timed around each layer (no profiler, whose own
+cost distorts the split): the arithmetic each kind does, its rate, and for 3x3 convolutions the weights
+each reads. `--write` refreshes the "UNet step floor" section of docs/benchmarks.md.
 """
 
 from __future__ import annotations
@@ -22,9 +24,6 @@ import torch
 
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT / "benchmarks"))
-
-KINDS = {"convolution": ("conv", "bmm"), "linear": ("linear", "addmm", "mm"), "attention": ("attention",)}
-
 
 def median_time(fn, repeats: int) -> float:
     fn()
@@ -52,6 +51,47 @@ def setup():
     return args, load_model(folder)
 
 
+def conv_multiplies(conv: torch.nn.Conv2d, x: torch.Tensor, out: torch.Tensor) -> tuple[int, int]:
+    """(multiply-adds, weight bytes read) of a packed 3x3 convolution: Winograd's F(m x m, 3x3) takes
+    (m+2)^2 / m^2 multiplies per output and channel pair where a direct one takes 9 (`sumie.winograd`)."""
+    from sumie import winograd
+    pairs = conv.in_channels * conv.out_channels
+    if winograd.fits(conv, x):
+        m = winograd.fast_tile(conv.in_channels, conv.out_channels, *x.shape[-2:])
+        return out.numel() * conv.in_channels * (m + 2) ** 2 // m ** 2, pairs * (m + 2) ** 2 * 4
+    return out.numel() * conv.in_channels * 9, pairs * 9 * 4
+
+
+def timed_split(model: torch.nn.Module, step, repeats: int) -> dict:
+    """{kind: [seconds, multiply-adds, weight bytes] per step} for 3x3 convolutions by input size, linear
+    layers and 1x1 convolutions, each layer timed around its forward."""
+    split, started = {}, {}
+
+    def kind(m, x):
+        return f"3x3 convolutions at {x.shape[-2]}x{x.shape[-1]}" if getattr(m, "kernel_size", None) == (3, 3) \
+            else "linear layers and 1x1 convolutions"
+
+    def after(m, args, out):
+        took = time.perf_counter() - started.pop(m)
+        x = args[0]
+        macs, weights = conv_multiplies(m, x, out) if getattr(m, "kernel_size", None) == (3, 3) else \
+            (out.numel() * m.weight[0].numel(), 0)
+        entry = split.setdefault(kind(m, x), [0.0, 0, 0])
+        entry[0] += took / repeats
+        entry[1] += macs / repeats
+        entry[2] += weights / repeats
+    layers = [m for m in model.modules() if isinstance(m, (torch.nn.Conv2d, torch.nn.Linear))]
+    hooks = [h for m in layers for h in (m.register_forward_pre_hook(lambda m, a: started.__setitem__(m, time.perf_counter())),
+                                         m.register_forward_hook(after))]
+    step()
+    split.clear()
+    for _ in range(repeats):
+        step()
+    for h in hooks:
+        h.remove()
+    return split
+
+
 def main() -> None:
     from torch.utils.flop_counter import FlopCounterMode
 
@@ -60,10 +100,10 @@ def main() -> None:
     unet = model.unet
     x, ctx, t = torch.randn(2, 4, 32, 32), torch.randn(2, 77, 768), torch.tensor(500)
     step = lambda: unet(x, t, encoder_hidden_states=ctx)
-    wide = []  # multiply-adds of the 3x3 convolutions packing hands to Winograd (4 multiplies where 9)
-    hooks = [m.register_forward_hook(lambda m, args, out: wide.append(out.numel() * m.in_channels * 9)
-                                      if winograd.fits(m, args[0]) else None)
-             for m in unet.modules() if isinstance(m, torch.nn.Conv2d)]
+    saved = []  # multiply-adds the 3x3 convolutions packing hands to Winograd save
+    hooks = [m.register_forward_hook(lambda m, args, out: saved.append(out.numel() * m.in_channels * 9
+                                                                       - conv_multiplies(m, args[0], out)[0]))
+             for m in unet.modules() if isinstance(m, torch.nn.Conv2d) and m.kernel_size == (3, 3)]
     with torch.no_grad():
         counter = FlopCounterMode(display=False)
         with counter, mock.patch.object(convolution.Conv2d, "forward", torch.nn.Conv2d.forward):
@@ -71,34 +111,41 @@ def main() -> None:
         flops = counter.get_total_flops()
         for h in hooks:
             h.remove()
-        packed_flops = flops - 2 * sum(wide) * 5 / 9
+        packed_flops = flops - 2 * sum(saved)
         a, b = torch.randn(4096, 4096), torch.randn(4096, 4096)
         peak = 2 * 4096 ** 3 / median_time(lambda: a @ b, args.repeats)
+        big = torch.ones(2**28)
+        bandwidth = big.numel() * 4 / median_time(big.sum, args.repeats)
+        del big
         plain = median_time(step, args.repeats)
         packing.pack(unet)
         packed = median_time(step, args.repeats)
-        with torch.profiler.profile() as prof:
-            step()
-    shares = dict.fromkeys([*KINDS, "everything else"], 0.0)
-    for event in prof.key_averages():
-        kind = next((k for k, needles in KINDS.items() if any(n in event.key.lower() for n in needles)),
-                    "everything else")
-        shares[kind] += event.self_cpu_time_total
-    total = sum(shares.values())
+        split = timed_split(unet, step, args.repeats)
     floor, packed_floor = flops / peak, packed_flops / peak
     lines = [f"- Command: `python benchmarks/floor.py` (torch {torch.__version__}, float32, 2 threads, median of "
              f"{args.repeats})", "",
              "| quantity | value |", "| --- | --- |",
              f"| operations in one guided 256² step (flop_counter; attention not counted) | {flops / 1e9:.0f} GFLOP |",
              f"| float32 GEMM peak (4096² product) | {peak / 1e9:.0f} GFLOP/s |",
+             f"| reading memory (sum over 1 GiB) | {bandwidth / 1e9:.0f} GB/s |",
              f"| floor: operations / peak | {floor:.2f} s |",
              f"| sumie step, eager (im2col and Winograd where they pay, `sumie.convolution`) | {plain:.2f} s "
              f"({floor / plain:.0%} of peak) |",
              f"| the same with Winograd's 3x3 convolutions where packing uses them | {packed_flops / 1e9:.0f} GFLOP |",
              f"| floor with Winograd | {packed_floor:.2f} s |",
              f"| sumie step, packed (`compile()` on CPU, Winograd included) | {packed:.2f} s "
-             f"({packed_floor / packed:.0%} of peak) |"]
-    lines += [f"| packed step's time in {kind} | {share / total:.0%} |" for kind, share in shares.items()]
+             f"({packed_floor / packed:.0%} of peak) |", "",
+             "The packed step by layer kind, each layer timed around its forward:", "",
+             "| layers | time per step | share | GFLOP | GFLOP/s | weights read | GB/s |", "|" + " --- |" * 7]
+    order = sorted(split, key=lambda k: (k[0] != "3", -int(k.split(" at ")[-1].split("x")[0]) if k[0] == "3" else 0))
+    for name in order:
+        took, macs, weights = split[name]
+        lines.append(f"| {name} | {took * 1e3:.0f} ms | {took / packed:.0%} | {2 * macs / 1e9:.1f} | "
+                     f"{2 * macs / took / 1e9:.0f} | {f'{weights / 1e6:.0f} MB' if weights else ''} | "
+                     f"{f'{weights / took / 1e9:.1f}' if weights else ''} |")
+    rest = packed - sum(v[0] for v in split.values())
+    lines.append(f"| everything else (attention, norms, activations, residuals) | {rest * 1e3:.0f} ms | "
+                 f"{rest / packed:.0%} | | | | |")
     from doc import report
     report("## UNet step floor (issue 7)", lines, args.write)
 

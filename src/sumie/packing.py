@@ -5,14 +5,14 @@ blocked layout of its own. A plain `F.conv2d` / `F.linear` call converts the wei
 every call; for the UNet's 1280-channel layers at 8x8 or 16x16 positions the conversion costs about as
 much as the arithmetic. `pack(model)` makes each Conv2d and Linear convert its weight once, for the input
 shape it sees, and keep the packed copy. Wide 3x3 convolutions instead keep their Winograd-transformed
-weights (`sumie.winograd`): F(2x2, 3x3), 2.25x fewer multiplies, or where the image is large beside the
-weight (from 32x32 positions) F(4x4, 3x3), 4x fewer, whose rounding error is 15-40x
-oneDNN's but still about 1e-5 of the outputs' scale. Where the image is small beside the weight (the UNet's
-1280-channel layers at 4x4 positions), im2col on the weight as stored (`sumie.convolution`) beats oneDNN's
-packed weight and keeps no copy. The numbers are the same within the parity tests' tolerance, a 256² UNet
-step takes about 0.8x sumie's eager time on a 2-core AVX2 machine (docs/benchmarks.md), and the process holds
-a second, packed copy of most weights (16/9 or 4x the size for Winograd layers), which is why this is an
-option and not the default.
+weights (`sumie.winograd`): F(2x2, 3x3), 2.25x fewer multiplies, or from 32x32 positions, where the image
+is large beside the weight, F(4x4, 3x3), 4x fewer, whose rounding error is 3-8x oneDNN's but still about
+1e-5 of the outputs' scale. Where the image is small beside the weight (the UNet's 1280-channel layers at
+4x4 positions), im2col on the weight as stored (`sumie.convolution`) beats oneDNN's packed weight and keeps
+no copy. The numbers are the same within the parity tests' tolerance, a 256² UNet step takes about 0.75x
+sumie's eager time on a 2-core AVX2 machine (docs/benchmarks.md), and the process holds a second, packed
+copy of most weights (16/9 or 4x the size for Winograd layers), which is why this is an option and not the
+default.
 
 The packed copy is remade when the weight changes (in-place edits bump its version) or the input shape
 changes. Anything but float32 CPU inference (training, CUDA, half precision, torch.compile tracing)
