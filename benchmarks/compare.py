@@ -187,7 +187,8 @@ def main() -> None:
              f"diffusers process per variant. diffusers' malloc: "
              + ("glibc's defaults" if args.glibc_defaults else "sumie's settings (`sumie.allocator`)")
              + f". Load, warm-up and peak RSS: each library alone in its own process, median of {args.repeats} "
-             f"processes.", "",
+             f"processes. The diffusers column is the process that took turns with sumie; other variants name "
+             f"their own.", "",
              "| measure | diffusers | " + " | ".join(f"{names[lib]} | ratio" for lib in mine) + " |",
              "| --- | --- |" + " --- | --- |" * len(mine)]
     for key in ["load", *paired["sumie"], "peak RSS (GiB)", "warm-up (first UNet call)"]:
@@ -197,7 +198,9 @@ def main() -> None:
         for lib in mine:
             pair = paired[lib].get(key)
             a, b = (pair if pair else (med[lib].get(key), base))
-            row += (" | |" if a is None else f" {a:.2f}{unit} | **{a / b:.2f}** |" if b else f" {a:.2f}{unit} | |")
+            against = f" (diffusers {b:.2f}{unit})" if pair and lib != mine[0] else ""  # its own diffusers process
+            row += (" | |" if a is None else f" {a:.2f}{unit}{against} | **{a / b:.2f}** |" if b
+                    else f" {a:.2f}{unit} | |")
         lines.append(row)
     table = "\n".join(lines)
     print(table)
