@@ -11,7 +11,7 @@ the tile: 16 multiplies per 4 outputs for m = 2, 36 per 16 for m = 4, where a di
 output (2.25x and 4x fewer).
 
 - F(2x2, 3x3): B, G and A hold only 0, +-1 and +-1/2, so the result is as accurate as the direct sum: on
-  SD's layer shapes its max error against a float64 convolution is about 2e-6 to 6e-6, oneDNN's 2e-6 to 1e-5.
+  SD's layer shapes its max error against a float64 convolution is about 2e-6, oneDNN's 6e-6 to 1e-5.
   Eager convolution (`sumie.convolution`) and the fast path use it.
 - F(4x4, 3x3) (interpolation points 0, +-1, +-2): its transforms multiply by up to 8, and its error is
   3e-5 to 5e-5 on the same shapes, 3-8x oneDNN's; over a whole UNet step about 8e-6 against float64 (sumie
@@ -21,8 +21,8 @@ output (2.25x and 4x fewer).
 
 What it buys depends on the shape. With 256 or more channels on both sides and at least 8x8 positions,
 a 2-core AVX2 machine computes SD's 3x3 layers by F(2x2, 3x3) in 0.6-0.95x the time of oneDNN's packed
-convolution (docs/benchmarks.md, "Winograd convolution"), and by F(4x4, 3x3) in 0.65-0.8x the time of
-F(2x2, 3x3) from 32x32 positions (at 16x16, in a UNet step, no faster). With fewer channels the transforms
+convolution (docs/benchmarks.md, "Winograd convolution"), and by F(4x4, 3x3) in 0.7-0.8x the time of
+F(2x2, 3x3) from 32x32 positions (one VAE layer 0.99x; at 16x16, in a UNet step, no faster). With fewer channels the transforms
 (memory traffic) outweigh the saved arithmetic, and at 4x4 positions the layer is bound by reading its
 weights, which the transform makes 16/9 as large. `pays` and `fast_tile` encode that rule.
 """
@@ -93,7 +93,8 @@ def transform_weight(weight: torch.Tensor, m: int = 2) -> torch.Tensor:
 
 
 def _combine(coefficients: tuple, parts: list[torch.Tensor], out: torch.Tensor) -> None:
-    """out = sum over k of coefficients[k] * parts[k], skipping zeros, in as few passes as it takes."""
+    """out = sum over k of coefficients[k] * parts[k], zeros skipped: one pass per term after the first
+    (a unit coefficient, put first, lets the first two share a pass)."""
     terms = sorted(((c, p) for c, p in zip(coefficients, parts) if c), key=lambda term: term[0] != 1)
     (c, p), rest = terms[0], terms[1:]
     if c == 1 and rest:  # first pass: p + c' p'
