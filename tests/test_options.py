@@ -134,6 +134,23 @@ def test_vae_tiling_gives_the_plain_image(sd1_folder):
             assert image.shape == one_call.shape and (image - one_call).abs().max() * 255 < 0.01, shape
 
 
+def test_packed_convolutions_keep_their_winograd_weight_in_bands():
+    """After compile(), the VAE's bands run a wide conv by the transformed weight packing keeps, with the
+    tiling of the whole input (F(4x4, 3x3) at 40x36 even for bands of a few rows), and give the plain result."""
+    from sumie import packing, vae
+    torch.manual_seed(0)
+    conv = torch.nn.Conv2d(256, 256, 3, padding=1)
+    x = torch.randn(1, 256, 40, 36)
+    with torch.no_grad():
+        plain = conv(x)
+        packing.pack(conv)
+        for budget in (1, 256 * 36 * 7):  # bands of one row, and of seven
+            conv.__dict__.pop("_packed", None)
+            bands = vae.conv_rows(conv, lambda lo, hi: x[:, :, lo:hi], 40, (1, 1), budget)
+            assert conv.__dict__["_packed"][0][2] == ("winograd", 4)
+            assert bands.shape == plain.shape and torch.allclose(bands, plain, atol=1e-4)
+
+
 def test_vae_bands_are_exact_for_every_layer_kind(sd1_folder):
     """decode_tiled/encode_tiled with 1-row bands against decode/encode: upsampling, stride-2 downsampling
     with its one-sided padding, shortcut convs and whole-tensor GroupNorm statistics all line up."""

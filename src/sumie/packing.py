@@ -14,7 +14,8 @@ sumie's eager time on a 2-core AVX2 machine (docs/benchmarks.md), and the proces
 copy of most weights (16/9 or 4x the size for Winograd layers), which is why this is an option and not the
 default.
 
-The packed copy is remade when the weight changes (in-place edits bump its version) or the input shape
+The VAE's bands (`sumie.vae.conv_rows`) run each wide convolution by the same transformed weight
+(`winograd_weight`). The packed copy is remade when the weight changes (in-place edits bump its version) or the input shape
 changes. Anything but float32 CPU inference (training, CUDA, half precision, torch.compile tracing)
 takes the layer's ordinary forward.
 """
@@ -41,13 +42,24 @@ def _packed(module: nn.Module, shape_key, make) -> torch.Tensor:
     return cached[1]
 
 
+def winograd_weight(conv: nn.Conv2d, x: torch.Tensor, height: int, width: int) -> torch.Tensor | None:
+    """The Winograd-transformed weight a packed `conv` keeps for an input of `height` x `width` positions
+    whose piece x is, or None where it takes another algorithm or is not packed. For callers that run a
+    convolution in pieces (the VAE's bands): the tiling follows the whole input, so it is made once."""
+    if "forward" not in conv.__dict__ or not cpu_inference(x, conv.weight) or x.dim() != 4:
+        return None
+    if not (winograd.same_3x3(conv) and winograd.pays(conv.in_channels, conv.out_channels, height, width)):
+        return None
+    m = winograd.fast_tile(conv.in_channels, conv.out_channels, height, width)
+    return _packed(conv, ("winograd", m), lambda: winograd.transform_weight(conv.weight, m))
+
+
 def _conv2d(self: nn.Conv2d, x: torch.Tensor) -> torch.Tensor:
     # x: (B, C_in, H, W) -> (B, C_out, H', W')
     if not cpu_inference(x, self.weight) or x.dim() != 4:
         return type(self).forward(self, x)  # the class's forward (this one is the instance's)
-    if winograd.fits(self, x):
-        m = winograd.fast_tile(self.in_channels, self.out_channels, *x.shape[-2:])
-        U = _packed(self, ("winograd", m), lambda: winograd.transform_weight(self.weight, m))
+    U = winograd_weight(self, x, *x.shape[-2:])
+    if U is not None:
         return winograd.conv3x3(x, U, self.bias)
     if winograd.same_3x3(self) and im2col_pays(x, self.weight):  # 4x4 positions: faster than oneDNN's packing
         return im2col_conv3x3(x, self.weight, self.bias)

@@ -10,6 +10,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from . import packing, winograd
 from .config import VAEConfig
 from .convolution import Conv2d, conv2d
 from .layers import Attention, Downsample, ResnetBlock, Upsample
@@ -213,6 +214,7 @@ def conv_rows(conv: nn.Conv2d, rows, height: int, pad: tuple[int, int], budget: 
     # The weights go to the input's device: no forward runs here, so sequential offload's hooks do not move them
     weight, bias = (None if p is None else p.to(first.device) for p in (conv.weight, conv.bias))
     band = max(1, budget // (first.shape[0] * max(first.shape[1], conv.out_channels) * first.shape[-1] * s))
+    packed = packing.winograd_weight(conv, first, height, first.shape[-1])  # after pipe.compile(), else None
     add = add and out is not None
     for a in range(0, out_h, band):
         b = min(a + band, out_h)
@@ -220,7 +222,10 @@ def conv_rows(conv: nn.Conv2d, rows, height: int, pad: tuple[int, int], budget: 
         x = rows(max(lo, 0), min(hi, height))
         if lo < 0 or hi > height:  # the first and last bands: zero rows beyond X's edges
             x = F.pad(x, (0, 0, max(-lo, 0), max(hi - height, 0)))
-        y = conv2d(x, weight, bias, s, (0, conv.padding[1]), conv.dilation, conv.groups)  # by shape
+        if packed is not None:
+            y = winograd.conv3x3(x, packed, bias, (0, conv.padding[1]))
+        else:
+            y = conv2d(x, weight, bias, s, (0, conv.padding[1]), conv.dilation, conv.groups)  # by shape
         if out is None:
             out = y.new_empty(*y.shape[:2], out_h, y.shape[-1])
         if add:
