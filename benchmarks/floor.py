@@ -81,8 +81,8 @@ def timed_split(model: torch.nn.Module, step, repeats: int) -> dict:
         entry[1] += macs / repeats
         entry[2] += weights / repeats
     layers = [m for m in model.modules() if isinstance(m, (torch.nn.Conv2d, torch.nn.Linear))]
-    hooks = [h for m in layers for h in (m.register_forward_pre_hook(lambda m, a: started.__setitem__(m, time.perf_counter())),
-                                         m.register_forward_hook(after))]
+    start = lambda m, args: started.__setitem__(m, time.perf_counter())
+    hooks = [h for m in layers for h in (m.register_forward_pre_hook(start), m.register_forward_hook(after))]
     step()
     split.clear()
     for _ in range(repeats):

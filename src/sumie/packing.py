@@ -15,9 +15,9 @@ copy of most weights (16/9 or 4x the size for Winograd layers), which is why thi
 default.
 
 The VAE's bands (`sumie.vae.conv_rows`) run each wide convolution by the same transformed weight
-(`winograd_weight`). The packed copy is remade when the weight changes (in-place edits bump its version) or the input shape
-changes. Anything but float32 CPU inference (training, CUDA, half precision, torch.compile tracing)
-takes the layer's ordinary forward.
+(`winograd_weight`). The packed copy is remade when the weight changes (in-place edits bump its version)
+or the input shape changes. Anything but float32 CPU inference (training, CUDA, half precision,
+torch.compile tracing) takes the layer's ordinary forward.
 """
 
 from __future__ import annotations
@@ -43,9 +43,9 @@ def _packed(module: nn.Module, shape_key, make) -> torch.Tensor:
 
 
 def winograd_weight(conv: nn.Conv2d, x: torch.Tensor, height: int, width: int) -> torch.Tensor | None:
-    """The Winograd-transformed weight a packed `conv` keeps for an input of `height` x `width` positions
-    whose piece x is, or None where it takes another algorithm or is not packed. For callers that run a
-    convolution in pieces (the VAE's bands): the tiling follows the whole input, so it is made once."""
+    """The Winograd-transformed weight a packed `conv` keeps for inputs of `height` x `width` positions, of
+    which x is all or a piece; None where the conv is not packed or takes another algorithm. For callers
+    that convolve in pieces (the VAE's bands): the tiling follows the whole input, so it is made once."""
     if "forward" not in conv.__dict__ or not cpu_inference(x, conv.weight) or x.dim() != 4:
         return None
     if not (winograd.same_3x3(conv) and winograd.pays(conv.in_channels, conv.out_channels, height, width)):

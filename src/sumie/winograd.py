@@ -22,9 +22,9 @@ output (2.25x and 4x fewer).
 What it buys depends on the shape. With 256 or more channels on both sides and at least 8x8 positions,
 a 2-core AVX2 machine computes SD's 3x3 layers by F(2x2, 3x3) in 0.6-0.95x the time of oneDNN's packed
 convolution (docs/benchmarks.md, "Winograd convolution"), and by F(4x4, 3x3) in 0.7-0.8x the time of
-F(2x2, 3x3) from 32x32 positions (one VAE layer 0.99x; at 16x16, in a UNet step, no faster). With fewer channels the transforms
-(memory traffic) outweigh the saved arithmetic, and at 4x4 positions the layer is bound by reading its
-weights, which the transform makes 16/9 as large. `pays` and `fast_tile` encode that rule.
+F(2x2, 3x3) from 32x32 positions (one VAE layer 0.99x; at 16x16, in a UNet step, no faster). With fewer
+channels the transforms (memory traffic) outweigh the saved arithmetic, and at 4x4 positions the layer is
+bound by reading its weights, which the transform makes 16/9 as large. `pays` and `fast_tile` encode that rule.
 """
 
 from __future__ import annotations
