@@ -56,27 +56,23 @@ def conv_multiplies(conv: torch.nn.Conv2d, x: torch.Tensor, out: torch.Tensor) -
     (m+2)^2 / m^2 multiplies per output and channel pair where a direct one takes 9 (`sumie.winograd`)."""
     from sumie import winograd
     pairs = conv.in_channels * conv.out_channels
-    if winograd.fits(conv, x):
+    if winograd.fits(conv, *x.shape[-2:]):
         m = winograd.fast_tile(conv.in_channels, conv.out_channels, *x.shape[-2:])
         return out.numel() * conv.in_channels * (m + 2) ** 2 // m ** 2, pairs * (m + 2) ** 2 * 4
     return out.numel() * conv.in_channels * 9, pairs * 9 * 4
 
 
 def timed_split(model: torch.nn.Module, step, repeats: int) -> dict:
-    """{kind: [seconds, multiply-adds, weight bytes] per step} for 3x3 convolutions by input size, linear
-    layers and 1x1 convolutions, each layer timed around its forward."""
+    """{input (H, W) of 3x3 convolutions, or None for linear layers and 1x1 convolutions: [seconds,
+    multiply-adds, weight bytes] per step}, each layer timed around its forward."""
     split, started = {}, {}
-
-    def kind(m, x):
-        return f"3x3 convolutions at {x.shape[-2]}x{x.shape[-1]}" if getattr(m, "kernel_size", None) == (3, 3) \
-            else "linear layers and 1x1 convolutions"
 
     def after(m, args, out):
         took = time.perf_counter() - started.pop(m)
         x = args[0]
-        macs, weights = conv_multiplies(m, x, out) if getattr(m, "kernel_size", None) == (3, 3) else \
-            (out.numel() * m.weight[0].numel(), 0)
-        entry = split.setdefault(kind(m, x), [0.0, 0, 0])
+        wide = getattr(m, "kernel_size", None) == (3, 3)
+        macs, weights = conv_multiplies(m, x, out) if wide else (out.numel() * m.weight[0].numel(), 0)
+        entry = split.setdefault(tuple(x.shape[-2:]) if wide else None, [0.0, 0, 0])
         entry[0] += took / repeats
         entry[1] += macs / repeats
         entry[2] += weights / repeats
@@ -137,9 +133,9 @@ def main() -> None:
              f"({packed_floor / packed:.0%} of peak) |", "",
              "The packed step by layer kind, each layer timed around its forward:", "",
              "| layers | time per step | share | GFLOP | GFLOP/s | weights read | GB/s |", "|" + " --- |" * 7]
-    order = sorted(split, key=lambda k: (k[0] != "3", -int(k.split(" at ")[-1].split("x")[0]) if k[0] == "3" else 0))
-    for name in order:
-        took, macs, weights = split[name]
+    for size in sorted(split, key=lambda size: (size is None, -size[0] if size else 0)):  # large images first
+        took, macs, weights = split[size]
+        name = f"3x3 convolutions at {size[0]}x{size[1]}" if size else "linear layers and 1x1 convolutions"
         lines.append(f"| {name} | {took * 1e3:.0f} ms | {took / packed:.0%} | {2 * macs / 1e9:.1f} | "
                      f"{2 * macs / took / 1e9:.0f} | {f'{weights / 1e6:.0f} MB' if weights else ''} | "
                      f"{f'{weights / took / 1e9:.1f}' if weights else ''} |")

@@ -77,7 +77,7 @@ def main() -> None:
             errors = [(f().double() - exact).abs().max().item() for f in (onednn, *winos.values())]
             a = median_time(onednn, args.repeats)
             b = {m: median_time(f, args.repeats) for m, f in winos.items()}
-            used = winograd.fast_tile(*wshape[1::-1], *shape[-2:]) if winograd.fits(conv, x) else None
+            used = winograd.fast_tile(*wshape[1::-1], *shape[-2:]) if winograd.fits(conv, *shape[-2:]) else None
             if used:
                 t = totals.setdefault(net, [0.0, 0.0])
                 t[0] += n * a

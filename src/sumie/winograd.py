@@ -68,9 +68,10 @@ def pays(in_channels: int, out_channels: int, height: int, width: int) -> bool:
     return min(in_channels, out_channels) >= 256 and min(height, width) >= 8
 
 
-def fits(conv: nn.Conv2d, x: torch.Tensor) -> bool:
-    """Whether `conv` on input x (B, C, H, W) is a 3x3 'same' convolution that Winograd computes faster."""
-    return same_3x3(conv) and pays(conv.in_channels, conv.out_channels, *x.shape[-2:])
+def fits(conv: nn.Conv2d, height: int, width: int) -> bool:
+    """Whether `conv` on an input of height x width positions is a 3x3 'same' convolution that Winograd
+    computes faster."""
+    return same_3x3(conv) and pays(conv.in_channels, conv.out_channels, height, width)
 
 
 def fast_tile(in_channels: int, out_channels: int, height: int, width: int) -> int:
