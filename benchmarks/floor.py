@@ -2,13 +2,13 @@
 
     python benchmarks/floor.py [--write]
 
-Counts the step's floating-point operations (torch.utils.flop_counter; and how many are left when the
-3x3 convolutions `sumie.winograd.fits` accepts take 4 multiplies for 9, or 2.25 where packing takes
-F(4x4, 3x3)), measures the float32 GEMM peak (a 4096² matrix product) and the rate of reading memory (a
-sum over 1 GiB), times sumie's UNet step eager and packed (`sumie.packing`, what `compile()` does on CPU) in
-one process, and splits the packed step by layer kind, timed around each layer (no profiler, whose own
-cost distorts the split): the arithmetic each kind does, its rate, and for 3x3 convolutions the weights
-each reads. `--write` refreshes the "UNet step floor" section of docs/benchmarks.md.
+Counts the step's floating-point operations (torch.utils.flop_counter; and how many are left when the 3x3
+convolutions packing computes by Winograd take 4 multiplies for 9, or 2.25 where it takes F(4x4, 3x3):
+`sumie.winograd.fast_tile`), measures the float32 GEMM peak (a 4096² matrix product) and the rate of reading
+memory (a sum over 1 GiB), times sumie's UNet step eager and packed (`sumie.packing`, what `compile()` does
+on CPU) in one process, and splits the packed step by layer kind, timed around each layer (no profiler,
+whose own cost distorts the split): the arithmetic each kind does, its rate, and for 3x3 convolutions the
+weights each reads. `--write` refreshes the "UNet step floor" section of docs/benchmarks.md.
 """
 
 from __future__ import annotations
@@ -56,8 +56,8 @@ def conv_multiplies(conv: torch.nn.Conv2d, x: torch.Tensor, out: torch.Tensor) -
     (m+2)^2 / m^2 multiplies per output and channel pair where a direct one takes 9 (`sumie.winograd`)."""
     from sumie import winograd
     pairs = conv.in_channels * conv.out_channels
-    if winograd.fits(conv, *x.shape[-2:]):
-        m = winograd.fast_tile(conv.in_channels, conv.out_channels, *x.shape[-2:])
+    m = winograd.fast_tile(conv, *x.shape[-2:])
+    if m:
         return out.numel() * conv.in_channels * (m + 2) ** 2 // m ** 2, pairs * (m + 2) ** 2 * 4
     return out.numel() * conv.in_channels * 9, pairs * 9 * 4
 

@@ -3,10 +3,10 @@
     python benchmarks/winograd.py [--write]
 
 Records every Conv2d call of one guided UNet step (batch 2, 32x32 latents) and one VAE decode (32x32
-latent) on the full SD 1.5 architecture with random weights, keeps the shapes `sumie.winograd.fits`
-accepts and the 3x3 shapes it turns down, and times each both ways in one process: oneDNN with its
-weights packed once (what `compile()` did before), and `winograd.conv3x3` with F(2x2, 3x3) and, from 8x8
-positions, F(4x4, 3x3) ("used" marks the one `compile()` takes, `winograd.fast_tile`). Also the max error
+latent) on the full SD 1.5 architecture with random weights, keeps the 3x3 stride-1 shapes, and times each
+in one process: oneDNN with its weights packed once (what `compile()` did before), and `winograd.conv3x3`
+with F(2x2, 3x3) and, from 8x8 positions, F(4x4, 3x3) ("used" marks the one `compile()` takes,
+`winograd.fast_tile`). Also the max error
 of each against a float64 convolution. `--write` refreshes the "Winograd convolution" section of docs/benchmarks.md.
 """
 
@@ -77,7 +77,7 @@ def main() -> None:
             errors = [(f().double() - exact).abs().max().item() for f in (onednn, *winos.values())]
             a = median_time(onednn, args.repeats)
             b = {m: median_time(f, args.repeats) for m, f in winos.items()}
-            used = winograd.fast_tile(*wshape[1::-1], *shape[-2:]) if winograd.fits(conv, *shape[-2:]) else None
+            used = winograd.fast_tile(conv, *shape[-2:])
             if used:
                 t = totals.setdefault(net, [0.0, 0.0])
                 t[0] += n * a

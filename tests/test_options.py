@@ -94,8 +94,8 @@ def test_winograd_convolution_equals_the_direct_one(shape, bias, m, tolerance):
 
 
 def test_packed_convolutions_take_winograd_where_it_is_faster():
-    """Winograd's transformed weight at 8x8 and up (F(4x4, 3x3) from 32x32), nothing kept where im2col pays,
-    else oneDNN's packing."""
+    """Winograd's transformed weight at 8x8 and up from 256 channels (F(4x4, 3x3) from 32x32, there from 128
+    channels), nothing kept where im2col pays, else oneDNN's packing."""
     from sumie import packing
     torch.manual_seed(0)
     wide, narrow = torch.nn.Conv2d(256, 256, 3, padding=1), torch.nn.Conv2d(192, 192, 3, padding=1)
@@ -103,7 +103,8 @@ def test_packed_convolutions_take_winograd_where_it_is_faster():
     with torch.no_grad():
         for conv, batch, size, kind in ((wide, 2, 8, ("winograd", 2)), (wide, 1, 16, ("winograd", 2)),
                                         (wide, 1, 32, ("winograd", 4)), (wide, 2, 4, (2, 256, 4, 4)),
-                                        (narrow, 2, 8, (2, 192, 8, 8)), (wider, 1, 4, None)):
+                                        (narrow, 2, 8, (2, 192, 8, 8)), (narrow, 1, 32, ("winograd", 4)),
+                                        (wider, 1, 4, None)):
             x = torch.randn(batch, conv.in_channels, size, size)
             plain = conv(x)
             packing.pack(conv)

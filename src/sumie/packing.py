@@ -46,10 +46,9 @@ def winograd_weight(conv: nn.Conv2d, x: torch.Tensor, height: int, width: int) -
     """The Winograd-transformed weight a packed `conv` keeps for inputs of `height` x `width` positions, of
     which x is all or a piece; None where the conv is not packed or takes another algorithm. For callers
     that convolve in pieces (the VAE's bands): the tiling follows the whole input, so it is made once."""
-    if ("forward" not in conv.__dict__ or not cpu_inference(x, conv.weight) or x.dim() != 4
-            or not winograd.fits(conv, height, width)):
+    m = winograd.fast_tile(conv, height, width)
+    if "forward" not in conv.__dict__ or not cpu_inference(x, conv.weight) or x.dim() != 4 or m is None:
         return None
-    m = winograd.fast_tile(conv.in_channels, conv.out_channels, height, width)
     return _packed(conv, ("winograd", m), lambda: winograd.transform_weight(conv.weight, m))
 
 

@@ -22,9 +22,10 @@ product with a small (m+2)^2-wide matrix instead of a pass per coefficient.
   moves fewer values per output through its transforms, but its transformed weight is 4x the weight's size.
 
 What it buys depends on the shape. With 256 or more channels on both sides and at least 8x8 positions,
-a 2-core AVX2 machine computes SD's 3x3 layers by F(2x2, 3x3) in 0.6-0.95x the time of oneDNN's packed
-convolution (docs/benchmarks.md, "Winograd convolution"), and by F(4x4, 3x3) in 0.7-0.8x the time of
-F(2x2, 3x3) from 32x32 positions (one VAE layer 0.99x; at 16x16, in a UNet step, no faster). With fewer
+a 2-core AVX2 machine computes SD's 3x3 layers by F(2x2, 3x3) in 0.4-0.75x the time of oneDNN's packed
+convolution (docs/benchmarks.md, "Winograd convolution"), and from 32x32 positions by F(4x4, 3x3) in
+0.55-0.75x the time of F(2x2, 3x3), which there also pays with 128 channels (the VAE's last level). At
+16x16 F(4x4, 3x3) was no faster in a UNet step: its transformed weight is 4x the weight's size. With fewer
 channels the transforms (memory traffic) outweigh the saved arithmetic, and at 4x4 positions the layer is
 bound by reading its weights, which the transform makes 16/9 as large. `pays` and `fast_tile` encode that rule.
 """
@@ -70,16 +71,16 @@ def pays(in_channels: int, out_channels: int, height: int, width: int) -> bool:
     return min(in_channels, out_channels) >= 256 and min(height, width) >= 8
 
 
-def fits(conv: nn.Conv2d, height: int, width: int) -> bool:
-    """Whether `conv` on an input of height x width positions is a 3x3 'same' convolution that Winograd
-    computes faster."""
-    return same_3x3(conv) and pays(conv.in_channels, conv.out_channels, height, width)
-
-
-def fast_tile(in_channels: int, out_channels: int, height: int, width: int) -> int:
-    """m of the F(m x m, 3x3) the fast path uses for a shape `pays` accepts (module docstring): 4 from 32x32
-    positions, where the image is large beside the weight, else 2."""
-    return 4 if min(height, width) >= 32 else 2
+def fast_tile(conv: nn.Conv2d, height: int, width: int) -> int | None:
+    """m of the F(m x m, 3x3) the fast path (`sumie.packing`) computes `conv` by on an input of height x width
+    positions; None where `conv` is not a 3x3 'same' convolution or Winograd would not be faster (module
+    docstring). F(4x4, 3x3) from 32x32 positions and 128 channels on both sides, where the image is large
+    beside the weight; else F(2x2, 3x3) where it `pays`."""
+    if not same_3x3(conv):
+        return None
+    if min(conv.in_channels, conv.out_channels) >= 128 and min(height, width) >= 32:
+        return 4
+    return 2 if pays(conv.in_channels, conv.out_channels, height, width) else None
 
 
 def transform_weight(weight: torch.Tensor, m: int = 2) -> torch.Tensor:
