@@ -73,6 +73,20 @@ def test_packed_weights_follow_edits_and_step_aside_for_training():
     assert model[0].weight.grad is not None
 
 
+def test_a_packed_linear_weight_serves_every_row_count():
+    """One packed copy per Linear, made once: other row counts (another image size) reuse it."""
+    from sumie import packing
+    torch.manual_seed(0)
+    linear = packing.pack(torch.nn.Linear(64, 48))
+    with torch.no_grad():
+        for rows in (2, 77, 1024):
+            x = torch.randn(rows, 64)
+            assert torch.allclose(linear(x), torch.nn.functional.linear(x, linear.weight, linear.bias), atol=1e-5)
+            if rows == 2:
+                first = linear.__dict__["_packed"][1]
+            assert linear.__dict__["_packed"][1] is first
+
+
 @pytest.mark.parametrize("shape", [(2, 256, 8, 8), (1, 256, 9, 13)])
 @pytest.mark.parametrize("bias", [True, False])
 @pytest.mark.parametrize("m, tolerance", [(2, 1e-5), (4, 2e-4)])

@@ -1,23 +1,23 @@
 """Pre-packed weights for CPU inference: what `pipe.compile()` does on a CPU.
 
-oneDNN, which runs torch's convolutions and matrix multiplies on x86 CPUs, computes on weights in a
-blocked layout of its own. A plain `F.conv2d` / `F.linear` call converts the weight into that layout on
-every call; for the UNet's 1280-channel layers at 8x8 or 16x16 positions the conversion costs about as
-much as the arithmetic. `pack(model)` makes each Conv2d and Linear convert its weight once, for the input
-shape it sees, and keep the packed copy. Wide 3x3 convolutions instead keep their Winograd-transformed
-weights (`sumie.winograd`): F(2x2, 3x3), 2.25x fewer multiplies, or from 32x32 positions, where the image
-is large beside the weight, F(4x4, 3x3), 4x fewer, whose rounding error is 3-8x oneDNN's but still about
-1e-5 of the outputs' scale. Where the image is small beside the weight (the UNet's 1280-channel layers at
-4x4 positions), im2col on the weight as stored (`sumie.convolution`) beats oneDNN's packed weight and keeps
-no copy. The numbers are the same within the parity tests' tolerance, a 256² UNet step takes about 0.75x
+oneDNN, which runs torch's convolutions and matrix multiplies on x86 CPUs, computes on weights in a blocked
+layout of its own. A plain `F.conv2d` / `F.linear` call converts the weight into that layout on every call;
+for the UNet's 1280-channel layers at 8x8 or 16x16 positions the conversion costs about as much as the
+arithmetic. `pack(model)` makes each Conv2d and Linear convert its weight once (a Conv2d for the input shape
+it sees) and keep the packed copy. Wide 3x3 convolutions instead keep their Winograd-transformed weights
+(`sumie.winograd`): F(2x2, 3x3), 2.25x fewer multiplies, or from 32x32 positions, where the image is large
+beside the weight, F(4x4, 3x3), 4x fewer, whose rounding error is 3-8x oneDNN's but still about 1e-5 of the
+outputs' scale. Where the image is small beside the weight (the UNet's 1280-channel layers at 4x4
+positions), im2col on the weight as stored (`sumie.convolution`) beats oneDNN's packed weight and keeps no
+copy. The numbers are the same within the parity tests' tolerance, a 256² UNet step takes about 0.75x
 sumie's eager time on a 2-core AVX2 machine (docs/benchmarks.md), and the process holds a second, packed
 copy of most weights (16/9 or 4x the size for Winograd layers), which is why this is an option and not the
 default.
 
 The VAE's bands (`sumie.vae.conv_rows`) run each wide convolution by the same transformed weight
-(`winograd_weight`). The packed copy is remade when the weight changes (in-place edits bump its version)
-or the input shape changes. Anything but float32 CPU inference (training, CUDA, half precision,
-torch.compile tracing) takes the layer's ordinary forward.
+(`winograd_weight`). The packed copy is remade when the weight changes (in-place edits bump its version) or
+a convolution's input shape changes; a Linear's serves every number of rows. Anything but float32 CPU
+inference (training, CUDA, half precision, torch.compile tracing) takes the layer's ordinary forward.
 """
 
 from __future__ import annotations
@@ -71,8 +71,8 @@ def _linear(self: nn.Linear, x: torch.Tensor) -> torch.Tensor:
     # x: (..., in) -> (..., out)
     if not cpu_inference(x, self.weight):
         return type(self).forward(self, x)
-    rows = x.numel() // x.shape[-1]
-    weight = _packed(self, rows, lambda: torch.ops.mkldnn._reorder_linear_weight(self.weight, rows))
+    rows = x.numel() // x.shape[-1]  # a hint for the layout; a weight packed for any count serves every count
+    weight = _packed(self, "linear", lambda: torch.ops.mkldnn._reorder_linear_weight(self.weight, rows))
     return torch.ops.mkldnn._linear_pointwise(x, weight, self.bias, "none", [], "")
 
 
