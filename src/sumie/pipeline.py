@@ -156,10 +156,11 @@ class StableDiffusionPipeline:
     def compile(self, backend: str | None = None, **options) -> "StableDiffusionPipeline":
         """The fast path. backend "pack" (the default on CPU): every network's convolutions and linear
         layers keep oneDNN-packed weights, wide 3x3 convolutions Winograd-transformed ones (see `packing`),
-        ready in seconds, about 1.8x the weights' size again in memory. backend "inductor" (the default
-        elsewhere): torch.compile the UNet, `options` passed on; on CUDA with no options, in
-        mode="reduce-overhead" (CUDA graphs, about 3x eager's steps per second: docs/benchmarks.md);
-        on CPU with frozen weights, which compiles for about a minute per shape and process."""
+        ready in seconds, 1.1x the weights' size again in memory at 256², 1.6x once 512² has run. backend
+        "inductor" (the default elsewhere): torch.compile the UNet, `options` passed on; on CUDA with no
+        options, in mode="reduce-overhead" (CUDA graphs, about 3x eager's steps per second:
+        docs/benchmarks.md); on CPU with frozen weights, which compiles for about a minute per shape and
+        process."""
         backend = backend or ("pack" if self.execution_device.type == "cpu" else "inductor")
         if backend == "pack":
             if options:

@@ -16,7 +16,7 @@ product with a small (m+2)^2-wide matrix instead of a pass per coefficient.
   SD's layer shapes its max error against a float64 convolution is about 2e-6, oneDNN's 6e-6 to 1e-5.
   Eager convolution (`sumie.convolution`) and the fast path use it.
 - F(4x4, 3x3) (interpolation points 0, +-1, +-2): its transforms multiply by up to 8, and its error is
-  3e-5 to 5e-5 on the same shapes, 3-8x oneDNN's; over a whole UNet step about 8e-6 against float64 (sumie
+  3e-5 to 6e-5 on the same shapes, 3-8x oneDNN's; over a whole UNet step about 8e-6 against float64 (sumie
   eager: 2e-6), over a VAE decode 0.006 of a colour level. Only the fast path (`sumie.packing`) uses it, where
   the image is large beside the weight (`fast_tile`): it needs 1.78x fewer multiplies than F(2x2, 3x3) and
   moves fewer values per output through its transforms, but its transformed weight is 4x the weight's size.
