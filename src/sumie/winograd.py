@@ -67,7 +67,7 @@ def same_3x3(conv: nn.Conv2d) -> bool:
 
 
 def pays(in_channels: int, out_channels: int, height: int, width: int) -> bool:
-    """Whether Winograd computes a 3x3 convolution of this shape faster (module docstring)."""
+    """Whether F(2x2, 3x3) computes a 3x3 convolution of this shape faster than oneDNN (module docstring)."""
     return min(in_channels, out_channels) >= 256 and min(height, width) >= 8
 
 
