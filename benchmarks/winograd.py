@@ -2,12 +2,12 @@
 
     python benchmarks/winograd.py [--write]
 
-Records every Conv2d call of one guided UNet step (batch 2, 32x32 latents) and one VAE decode (32x32
-latent) on the full SD 1.5 architecture with random weights, keeps the 3x3 stride-1 shapes, and times each
-in one process: oneDNN with its weights packed once (what `compile()` did before), and `winograd.conv3x3`
-with F(2x2, 3x3) and, from 8x8 positions, F(4x4, 3x3) ("used" marks the one `compile()` takes,
-`winograd.fast_tile`). Also the max error
-of each against a float64 convolution. `--write` refreshes the "Winograd convolution" section of docs/benchmarks.md.
+Records every Conv2d call of one guided UNet step (batch 2, 32x32 latents) and one VAE decode (32x32 latent)
+on the full SD 1.5 architecture with random weights, keeps the 3x3 stride-1 shapes, and times each in one
+process: oneDNN with its weights packed once (what `compile()` did before), and `winograd.conv3x3` with
+F(2x2, 3x3) and, from 8x8 positions, F(4x4, 3x3) ("used" marks the one `compile()` takes,
+`winograd.fast_tile`). Also the max error of each against a float64 convolution. `--write` refreshes the
+"Winograd convolution" section of docs/benchmarks.md.
 """
 
 from __future__ import annotations
