@@ -1,6 +1,7 @@
 """sumie vs diffusers on the full SD 1.5 architecture (random weights), same machine, same run.
 
-    python benchmarks/compare.py [--repeats 3] [--calls 5] [--compile] [--inductor] [--glibc-defaults] [--write]
+    python benchmarks/compare.py [--repeats 3] [--calls 5] [--compile] [--inductor] [--glibc-defaults] [--avx2]
+                                 [--write]
 
 Timings: one sumie variant (eager, compiled, inductor) and diffusers each run in a process of their own,
 and their calls take turns (A B A B ...), `--calls` timed calls each, so the machine's slow drifts hit both
@@ -9,8 +10,10 @@ diffusers process. diffusers runs with the glibc malloc settings that sumie sets
 (`sumie.allocator`), so the ratios compare the engines; `--glibc-defaults` runs it with glibc as it comes,
 as a diffusers user gets it. Load time, warm-up and peak RSS: each library alone in its own process,
 `--repeats` processes, medians reported. Ratios are sumie / diffusers. float32, guidance 7.5, 2 threads.
-`--write` refreshes the "Engine" section of docs/benchmarks.md. The model is written once into
-benchmarks/.cache/ by benchmarks/load.py's `write_model`.
+`--avx2` caps torch's, oneDNN's and MKL's kernels at AVX2 in every process: issue 7's targets name an AVX2
+machine, and this one has AVX-512. `--write` refreshes the "Engine" section of docs/benchmarks.md (with
+`--avx2`, a section of its own). The model is written once into benchmarks/.cache/ by benchmarks/load.py's
+`write_model`.
 """
 
 from __future__ import annotations
@@ -18,7 +21,6 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import platform
 import statistics
 import subprocess
 import sys
@@ -103,11 +105,8 @@ print(json.dumps(out))
 """
 
 
-def cpu_name() -> str:
-    for line in open("/proc/cpuinfo"):
-        if line.startswith("model name"):
-            return line.split(":", 1)[1].strip()
-    return platform.machine()
+# caps torch's own kernels, oneDNN's and MKL's at AVX2 (the machine issue 7's targets name) on a CPU with more
+AVX2 = {"ATEN_CPU_CAPABILITY": "avx2", "ONEDNN_MAX_CPU_ISA": "AVX2", "MKL_ENABLE_INSTRUCTIONS": "AVX2"}
 
 
 def env(lib: str, glibc_defaults: bool) -> dict:
@@ -161,8 +160,14 @@ def main() -> None:
     ap.add_argument("--inductor", action="store_true", help="also measure pipe.compile(backend='inductor')")
     ap.add_argument("--glibc-defaults", action="store_true",
                     help="run diffusers with glibc's malloc as it comes, not with sumie's settings (sumie.allocator)")
+    ap.add_argument("--avx2", action="store_true",
+                    help="cap every process's vector instructions at AVX2; --write then refreshes its own section")
     ap.add_argument("--write", action="store_true", help="refresh docs/benchmarks.md")
     args = ap.parse_args()
+    from doc import machine, write_section
+    cpu = machine() + (", capped at AVX2 (--avx2)" if args.avx2 else "")  # before the cap: what the CPU has
+    if args.avx2:
+        os.environ.update(AVX2)  # the children inherit it
     from load import write_model
     folder, _ = write_model()
     mine = ["sumie"] + (["sumie-compiled"] if args.compile else []) + (["sumie-inductor"] if args.inductor else [])
@@ -181,7 +186,7 @@ def main() -> None:
     command = "python benchmarks/compare.py " + " ".join(a for a in sys.argv[1:] if a != "--write")
     names = {"sumie": "sumie", "sumie-compiled": "sumie compile() (packed)",
              "sumie-inductor": "sumie compile(backend='inductor')"}
-    lines = [f"- Machine: {cpu_name()}, 2 threads; torch {torch.__version__}; float32",
+    lines = [f"- Machine: {cpu}, 2 threads; torch {torch.__version__}; float32",
              f"- Command: `{command.strip()}`. Timings: diffusers and one sumie variant each in a process of its "
              f"own, their calls taking turns, median of {args.calls} calls each after one untimed call; a "
              f"diffusers process per variant. diffusers' malloc: "
@@ -211,12 +216,11 @@ def main() -> None:
         print(f"{lib} against its diffusers process: " + "; ".join(f"{k} {a:.2f} vs {b:.2f}"
                                                                        for k, (a, b) in pair.items()), file=sys.stderr)
     if args.write:
-        from doc import write_section
         intro = ("Full SD 1.5 architecture, random weights, diffusers' own `from_pretrained` against sumie's on the "
                  "same folder. Timings exclude warm-up except where named. Every ratio is against diffusers' "
                  "eager time measured in the same run, calls taking turns between the two processes, so that "
                  "the machine's slow drifts (±15% or more) hit both.\n\n")
-        write_section("## Engine (issue 7)", intro + table)
+        write_section("## Engine, capped at AVX2 (issue 7)" if args.avx2 else "## Engine (issue 7)", intro + table)
 
 
 if __name__ == "__main__":

@@ -1,5 +1,6 @@
-"""Refresh one `## ` section of docs/benchmarks.md (appended when missing)."""
+"""Refresh one `## ` section of docs/benchmarks.md (appended when missing); name the machine."""
 
+import platform
 from pathlib import Path
 
 DOC = Path(__file__).resolve().parent.parent / "docs" / "benchmarks.md"
@@ -24,3 +25,15 @@ def report(head: str, lines: list[str], write: bool) -> None:
     print(body)
     if write:
         write_section(head, body)
+
+
+def machine() -> str:
+    """The CPU's model name and the widest vector instructions torch's kernels use on it (AVX2, AVX512, ...)."""
+    import torch
+
+    name = platform.machine()
+    try:
+        name = next(line.split(":", 1)[1].strip() for line in open("/proc/cpuinfo") if line.startswith("model name"))
+    except (OSError, StopIteration):
+        pass
+    return f"{name} ({torch.backends.cpu.get_cpu_capability()})"

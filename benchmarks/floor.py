@@ -118,8 +118,9 @@ def main() -> None:
         packed = median_time(step, args.repeats)
         split = timed_split(unet, step, args.repeats)
     floor, packed_floor = flops / peak, packed_flops / peak
-    lines = [f"- Command: `python benchmarks/floor.py` (torch {torch.__version__}, float32, 2 threads, median of "
-             f"{args.repeats})", "",
+    from doc import machine, report
+    lines = [f"- Command: `python benchmarks/floor.py` ({machine()}, torch {torch.__version__}, float32, 2 threads, "
+             f"median of {args.repeats})", "",
              "| quantity | value |", "| --- | --- |",
              f"| operations in one guided 256² step (flop_counter; attention not counted) | {flops / 1e9:.0f} GFLOP |",
              f"| float32 GEMM peak (4096² product) | {peak / 1e9:.0f} GFLOP/s |",
@@ -142,7 +143,6 @@ def main() -> None:
     rest = packed - sum(v[0] for v in split.values())
     lines.append(f"| everything else (attention, norms, activations, residuals) | {rest * 1e3:.0f} ms | "
                  f"{rest / packed:.0%} | | | | |")
-    from doc import report
     report("## UNet step floor (issue 7)", lines, args.write)
 
 

@@ -10,7 +10,6 @@ generate with the same sampler and seed. Each network call (text encoder, UNet, 
 from __future__ import annotations
 
 import argparse
-import platform
 import statistics
 import sys
 import tempfile
@@ -21,6 +20,9 @@ import torch
 
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT / "tests"))
+sys.path.insert(0, str(ROOT / "benchmarks"))
+
+from doc import machine  # noqa: E402
 
 
 class NetTimer:
@@ -39,16 +41,6 @@ class NetTimer:
             finally:
                 self.seconds += time.perf_counter() - start
         setattr(obj, name, timed)
-
-
-def cpu_name() -> str:
-    try:
-        for line in open("/proc/cpuinfo"):
-            if line.startswith("model name"):
-                return line.split(":", 1)[1].strip()
-    except OSError:
-        pass
-    return platform.processor() or platform.machine()
 
 
 def measure(pipe, timer, call) -> tuple[float, float]:
@@ -99,7 +91,7 @@ def main() -> None:
     med = {n: (statistics.median(r[0] for r in rs), statistics.median(r[1] for r in rs)) for n, rs in results.items()}
     command = "python benchmarks/overhead.py " + " ".join(sys.argv[1:])
     lines = [
-        f"- Machine: {cpu_name()}, {torch.get_num_threads()} threads, "
+        f"- Machine: {machine()}, {torch.get_num_threads()} threads, "
         f"torch {torch.__version__}, diffusers {diffusers.__version__}",
         f"- Command: `{command.strip()}` ({args.steps} Euler steps, {args.size}x{args.size}, guidance 7.5, tiny random SD1 "
         f"model, median of {args.repeats} interleaved runs)",
