@@ -10,7 +10,7 @@ that conversion costs more than the arithmetic. Three algorithms, all exact up t
 - Winograd F(2x2, 3x3) (`sumie.winograd`) with the weight transformed on each call, which is cheap when the
   weight is small.
 
-On a 2-core AVX2 machine im2col takes 0.6-0.9x the direct time when C_in * C_out >= 6400 * B * H * W (1.03x
+On a 2-core AVX-512 machine im2col takes 0.6-0.9x the direct time when C_in * C_out >= 6400 * B * H * W (1.03x
 at the rule's edge), and Winograd 0.5-1.0x for 256-640 channels at 8x8 positions or more (one shape 1.09x in
 the last run; docs/benchmarks.md, "Eager convolution").
 Nothing is cached, so memory stays that of the weights. Anything but float32 CPU inference takes

@@ -9,8 +9,8 @@ it sees) and keep the packed copy. Wide 3x3 convolutions instead keep their Wino
 beside the weight, F(4x4, 3x3), 4x fewer, whose rounding error is 3-8x oneDNN's but still about 1e-5 of the
 outputs' scale. Where the image is small beside the weight (the UNet's 1280-channel layers at 4x4
 positions), im2col on the weight as stored (`sumie.convolution`) beats oneDNN's packed weight and keeps no
-copy. The numbers are the same within the parity tests' tolerance, a 256² UNet step takes about 0.7x
-sumie's eager time on a 2-core AVX2 machine (docs/benchmarks.md), and the process holds a second, packed
+copy. The numbers are the same within the parity tests' tolerance, a 256² UNet step takes 0.7-0.8x
+sumie's eager time on a 2-core AVX-512 machine (docs/benchmarks.md), and the process holds a second, packed
 copy of most weights (16/9 or 4x the size for Winograd layers), which is why this is an option and not the
 default.
 

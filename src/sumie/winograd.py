@@ -22,7 +22,7 @@ product with a small (m+2)^2-wide matrix instead of a pass per coefficient.
   moves fewer values per output through its transforms, but its transformed weight is 4x the weight's size.
 
 What it buys depends on the shape. With 256 or more channels on both sides and at least 8x8 positions,
-a 2-core AVX2 machine computes SD's 3x3 layers by F(2x2, 3x3) in 0.4-0.75x the time of oneDNN's packed
+a 2-core AVX-512 machine computes SD's 3x3 layers by F(2x2, 3x3) in 0.4-0.75x the time of oneDNN's packed
 convolution (docs/benchmarks.md, "Winograd convolution"), and from 32x32 positions by F(4x4, 3x3) in
 0.55-0.75x the time of F(2x2, 3x3), which there also pays with 128 channels (the VAE's last level). At
 16x16 F(4x4, 3x3) was no faster in a UNet step: its transformed weight is 4x the weight's size. With fewer
