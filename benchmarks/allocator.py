@@ -3,7 +3,7 @@
     python benchmarks/allocator.py [--calls 5] [--write]
 
 Four processes take turns (A B C D A B ...), each timing a guided 256² UNet step and counting the minor
-page faults it takes: sumie as it comes (`sumie.allocator` keeps freed memory), sumie with
+page faults it takes: sumie as it comes (`sumie.speed.allocator` keeps freed memory), sumie with
 SUMIE_KEEP_FREED_MEMORY=0 (glibc's defaults), diffusers as it comes (glibc's defaults), and diffusers with
 sumie's settings (GLIBC_TUNABLES). `--write` refreshes the "Allocator" section of docs/benchmarks.md.
 """

@@ -7,7 +7,7 @@ Timings: one sumie variant (eager, compiled, inductor) and diffusers each run in
 and their calls take turns (A B A B ...), `--calls` timed calls each, so the machine's slow drifts hit both
 alike while neither library's memory allocator state touches the other's. Each variant has its own
 diffusers process. diffusers runs with the glibc malloc settings that sumie sets in its own process
-(`sumie.allocator`), so the ratios compare the engines; `--glibc-defaults` runs it with glibc as it comes,
+(`sumie.speed.allocator`), so the ratios compare the engines; `--glibc-defaults` runs it with glibc as it comes,
 as a diffusers user gets it. Load time, warm-up and peak RSS: each library alone in its own process,
 `--repeats` processes, medians reported. Ratios are sumie / diffusers. float32, guidance 7.5, 2 threads.
 `--avx2` caps torch's, oneDNN's and MKL's kernels at AVX2 in every process: issue 7's targets name an AVX2
@@ -29,7 +29,7 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT / "benchmarks"))
 
-from sumie.allocator import TUNABLES  # noqa: E402  (sumie's malloc settings, for diffusers' processes)
+from sumie.speed.allocator import TUNABLES  # noqa: E402  (sumie's malloc settings, for diffusers' processes)
 
 CHILD = r"""
 import json, resource, sys, time
@@ -37,6 +37,7 @@ import torch
 torch.set_num_threads(2)
 mode, lib, folder = sys.argv[1], sys.argv[2], sys.argv[3]
 import sumie, sumie.compat, diffusers
+from sumie.speed.memory import decode
 out = {}
 
 
@@ -70,7 +71,8 @@ def measures(lib, pipe):
         if lib != "sumie-inductor" or size == 256:  # inductor compiles per shape: 256² only
             calls[f"UNet step, batch 2, {size}²"] = lambda x=x: unet(x, t, encoder_hidden_states=ctx)
         if lib != "sumie-inductor":
-            calls[f"VAE decode {size}²"] = lambda z=z: pipe.vae.decode(z)
+            calls[f"VAE decode {size}²"] = (lambda z=z: decode(pipe.vae, z, None)) if lib.startswith("sumie") \
+                else (lambda z=z: pipe.vae.decode(z))  # sumie's as its pipeline decodes: bands from 512²
     kw = dict(prompt="a photograph of an astronaut riding a horse", num_inference_steps=4, height=256, width=256,
               output_type="np")
     calls["end-to-end, 4 steps, 256²"] = lambda: pipe(**kw, generator=torch.Generator().manual_seed(0))
@@ -110,7 +112,7 @@ AVX2 = {"ATEN_CPU_CAPABILITY": "avx2", "ONEDNN_MAX_CPU_ISA": "AVX2", "MKL_ENABLE
 
 
 def env(lib: str, glibc_defaults: bool) -> dict:
-    """diffusers runs with sumie's malloc settings (sumie.allocator) unless `glibc_defaults`."""
+    """diffusers runs with sumie's malloc settings (sumie.speed.allocator) unless `glibc_defaults`."""
     if lib == "diffusers" and not glibc_defaults:
         return dict(os.environ, GLIBC_TUNABLES=TUNABLES)
     return dict(os.environ)
@@ -159,7 +161,7 @@ def main() -> None:
     ap.add_argument("--compile", action="store_true", help="also measure sumie's fast path (pipe.compile())")
     ap.add_argument("--inductor", action="store_true", help="also measure pipe.compile(backend='inductor')")
     ap.add_argument("--glibc-defaults", action="store_true",
-                    help="run diffusers with glibc's malloc as it comes, not with sumie's settings (sumie.allocator)")
+                    help="run diffusers with glibc's malloc as it comes, not with sumie's settings (sumie.speed.allocator)")
     ap.add_argument("--avx2", action="store_true",
                     help="cap every process's vector instructions at AVX2; --write then refreshes its own section")
     ap.add_argument("--write", action="store_true", help="refresh docs/benchmarks.md")
@@ -190,7 +192,7 @@ def main() -> None:
              f"- Command: `{command.strip()}`. Timings: diffusers and one sumie variant each in a process of its "
              f"own, their calls taking turns, median of {args.calls} calls each after one untimed call; a "
              f"diffusers process per variant. diffusers' malloc: "
-             + ("glibc's defaults" if args.glibc_defaults else "sumie's settings (`sumie.allocator`)")
+             + ("glibc's defaults" if args.glibc_defaults else "sumie's settings (`sumie.speed.allocator`)")
              + f". Load, warm-up and peak RSS: each library alone in its own process, median of {args.repeats} "
              f"processes. The diffusers column is the process that took turns with sumie; other variants name "
              f"their own.", "",

@@ -1,4 +1,4 @@
-"""The eager Conv2d's algorithms (`sumie.convolution`) against F.conv2d, which diffusers runs, per 3x3 layer.
+"""The eager Conv2d's algorithms (`sumie.speed.kernels`) against F.conv2d, which diffusers runs, per 3x3 layer.
 
     python benchmarks/eager_conv.py [--repeats 5] [--write]
 
@@ -22,9 +22,9 @@ sys.path.insert(0, str(ROOT / "benchmarks"))
 
 def algorithm(conv, x) -> str:
     """Which algorithm sumie's Conv2d takes for x (spied on, not re-derived)."""
-    from sumie import convolution, winograd
+    from sumie.speed import kernels, winograd
     taken = []
-    spies = {(convolution, "im2col_conv3x3"): "im2col", (winograd, "conv3x3"): "Winograd"}
+    spies = {(kernels, "im2col_conv3x3"): "im2col", (winograd, "conv3x3"): "Winograd"}
     saved = {key: getattr(*key) for key in spies}
     for (module, name), label in spies.items():
         setattr(module, name, lambda *a, _f=saved[(module, name)], _l=label: taken.append(_l) or _f(*a))

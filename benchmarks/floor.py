@@ -4,8 +4,8 @@
 
 Counts the step's floating-point operations (torch.utils.flop_counter; and how many are left when the 3x3
 convolutions packing computes by Winograd take 4 multiplies for 9, or 2.25 where it takes F(4x4, 3x3):
-`sumie.winograd.fast_tile`), measures the float32 GEMM peak (a 4096² matrix product) and the rate of reading
-memory (a sum over 1 GiB), times sumie's UNet step eager and packed (`sumie.packing`, what `compile()` does
+`sumie.speed.winograd.fast_tile`), measures the float32 GEMM peak (a 4096² matrix product) and the rate of reading
+memory (a sum over 1 GiB), times sumie's UNet step eager and packed (`sumie.speed.packing`, what `compile()` does
 on CPU) in one process, and splits the packed step by layer kind, timed around each layer (no profiler,
 whose own cost distorts the split): the arithmetic each kind does, its rate, and for 3x3 convolutions the
 weights each reads. `--write` refreshes the "UNet step floor" section of docs/benchmarks.md.
@@ -18,7 +18,6 @@ import statistics
 import sys
 import time
 from pathlib import Path
-from unittest import mock
 
 import torch
 
@@ -44,17 +43,21 @@ def setup():
     torch.set_num_threads(2)
     from load import write_model
 
-    from sumie.allocator import keep_freed_memory
+    from sumie.speed.allocator import keep_freed_memory
+    from sumie.speed.kernels import by_shape
     from sumie.weights import load_model
     keep_freed_memory()  # as a pipeline does
     folder, _ = write_model()
-    return args, load_model(folder)
+    model = load_model(folder)
+    for net in (model.unet, model.vae):
+        by_shape(net)  # the eager kernel choice, as a pipeline does
+    return args, model
 
 
 def conv_multiplies(conv: torch.nn.Conv2d, x: torch.Tensor, out: torch.Tensor) -> tuple[int, int]:
     """(multiply-adds, weight bytes read) of a packed 3x3 convolution: Winograd's F(m x m, 3x3) takes
-    (m+2)^2 / m^2 multiplies per output and channel pair where a direct one takes 9 (`sumie.winograd`)."""
-    from sumie import winograd
+    (m+2)^2 / m^2 multiplies per output and channel pair where a direct one takes 9 (`sumie.speed.winograd`)."""
+    from sumie.speed import winograd
     pairs = conv.in_channels * conv.out_channels
     m = winograd.fast_tile(conv, *x.shape[-2:])
     if m:
@@ -91,7 +94,7 @@ def timed_split(model: torch.nn.Module, step, repeats: int) -> dict:
 def main() -> None:
     from torch.utils.flop_counter import FlopCounterMode
 
-    from sumie import convolution, packing, winograd
+    from sumie.speed import kernels, packing, winograd
     args, model = setup()
     unet = model.unet
     x, ctx, t = torch.randn(2, 4, 32, 32), torch.randn(2, 77, 768), torch.tensor(500)
@@ -102,8 +105,10 @@ def main() -> None:
              for m in unet.modules() if isinstance(m, torch.nn.Conv2d) and m.kernel_size == (3, 3)]
     with torch.no_grad():
         counter = FlopCounterMode(display=False)
-        with counter, mock.patch.object(convolution.Conv2d, "forward", torch.nn.Conv2d.forward):
-            step()  # counted as direct convolutions, whatever algorithm the eager Conv2d picks
+        packing.unpack(unet)  # counted as direct convolutions, whatever algorithm the eager pass picks
+        with counter:
+            step()
+        kernels.by_shape(unet)
         flops = counter.get_total_flops()
         for h in hooks:
             h.remove()
@@ -126,7 +131,7 @@ def main() -> None:
              f"| float32 GEMM peak (4096² product) | {peak / 1e9:.0f} GFLOP/s |",
              f"| reading memory (sum over 1 GiB) | {bandwidth / 1e9:.0f} GB/s |",
              f"| floor: operations / peak | {floor:.2f} s |",
-             f"| sumie step, eager (im2col and Winograd where they pay, `sumie.convolution`) | {plain:.2f} s "
+             f"| sumie step, eager (im2col and Winograd where they pay, `sumie.speed.kernels`) | {plain:.2f} s "
              f"({floor / plain:.0%} of peak) |",
              f"| the same with Winograd's 3x3 convolutions where packing uses them | {packed_flops / 1e9:.0f} GFLOP |",
              f"| floor with Winograd | {packed_floor:.2f} s |",

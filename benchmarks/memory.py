@@ -44,9 +44,10 @@ with torch.no_grad():
     else:
         z = torch.randn(1, 4, 128, 128, generator=torch.Generator().manual_seed(0))
         if mode.startswith("sumie"):
+            from sumie.speed import bands
             from sumie.weights import load_model
             vae = load_model(folder).vae
-            image = vae.decode(z) if mode.endswith("bands") else vae.decoder(vae.post_quant_conv(z))
+            image = bands.decode(vae, z) if mode.endswith("bands") else vae.decoder(vae.post_quant_conv(z))
         else:
             import diffusers
             vae = diffusers.AutoencoderKL.from_pretrained(folder, subfolder="vae")

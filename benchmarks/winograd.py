@@ -56,7 +56,7 @@ def each_layer(runs: dict):
 def main() -> None:
     from floor import median_time, setup
 
-    from sumie import winograd
+    from sumie.speed import winograd
     args, model = setup()
     ctx = torch.randn(2, 77, 768)
     runs = {"UNet": conv_calls(model.unet, lambda: model.unet(torch.randn(2, 4, 32, 32), 500,

@@ -1,3 +1,4 @@
+import shutil
 import sys
 from pathlib import Path
 
@@ -23,3 +24,51 @@ def sd2_folder(tmp_path_factory):
 @pytest.fixture(params=["sd1", "sd2"])
 def model_folder(request, sd1_folder, sd2_folder):
     return {"sd1": sd1_folder, "sd2": sd2_folder}[request.param]
+
+
+@pytest.fixture
+def copy(sd1_folder, tmp_path):
+    """A copy of the small SD 1 folder that a test may break."""
+    dst = tmp_path / "model"
+    shutil.copytree(sd1_folder, dst)
+    return dst
+
+
+@pytest.fixture(scope="session")
+def single_files(sd1_folder, sd2_folder, tmp_path_factory):
+    """The small SD 1 and SD 2 folders as original-layout single files."""
+    from sumie.weights import convert
+    out = tmp_path_factory.mktemp("single")
+    return {kind: convert(folder, out / f"{kind}.safetensors") for kind, folder in
+            (("sd1", sd1_folder), ("sd2", sd2_folder))}
+
+
+KW = dict(prompt="a cat", num_inference_steps=3, seed=1, output_type="np", height=64, width=64)
+
+
+@pytest.fixture
+def plain_and(sd1_folder):
+    """enable -> (the small SD 1 pipeline's images before `enable(pipe)`, and after)."""
+    from sumie.pipeline import StableDiffusionPipeline
+
+    def run(enable):
+        pipe = StableDiffusionPipeline.from_pretrained(sd1_folder)
+        pipe.set_progress_bar_config(disable=True)
+        plain = pipe(**KW).images
+        enable(pipe)
+        return plain, pipe(**KW).images
+    return run
+
+
+@pytest.fixture
+def error_of():
+    """fn -> the one-line message of the SumieError that fn() raises."""
+    from sumie.errors import SumieError
+
+    def message(fn):
+        with pytest.raises(SumieError) as info:
+            fn()
+        text = str(info.value)
+        assert "\n" not in text and len(text) < 600
+        return text
+    return message

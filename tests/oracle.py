@@ -5,6 +5,7 @@ Test-only: sumie itself never imports diffusers or transformers.
 
 from __future__ import annotations
 
+import json
 from pathlib import Path
 
 import torch
@@ -72,3 +73,68 @@ def write_model_folder(path: Path, kind: str = "sd1", seed: int = 0) -> Path:
                                    safety_checker=None, feature_extractor=None, requires_safety_checker=False)
     pipe.save_pretrained(path)
     return path
+
+
+TOL = 1e-4  # max difference between sumie's networks and the oracles' in float32
+DATA = Path(__file__).parent / "data"
+
+
+def max_diff(a: torch.Tensor, b: torch.Tensor) -> float:
+    return (a.float() - b.float()).abs().max().item()
+
+
+def reference(folder: Path, name: str) -> torch.nn.Module:
+    """The oracle's network `name` (unet, vae, text_encoder) of a diffusers folder."""
+    from diffusers import AutoencoderKL, UNet2DConditionModel
+    from transformers import CLIPTextModel
+    cls = {"unet": UNet2DConditionModel, "vae": AutoencoderKL, "text_encoder": CLIPTextModel}[name]
+    return cls.from_pretrained(folder, subfolder=name).eval()
+
+
+def published(name: str) -> dict:
+    """A published SD folder's config file, e.g. `sd15_unet` (tests/data)."""
+    return json.loads((DATA / f"{name}.json").read_text())
+
+
+def shapes(module: torch.nn.Module) -> dict[str, tuple]:
+    """Parameter names (transformers' `text_model.` prefix dropped) and shapes."""
+    return {k.removeprefix("text_model."): tuple(v.shape) for k, v in module.state_dict().items()
+            if not k.endswith("position_ids")}
+
+
+def write_full_size_folder(path: Path, version: str, seed: int = 0) -> Path:
+    """A diffusers folder of the full-size SD 1.5 (`sd15`) or SD 2.1 768-v (`sd21`) architecture, from the
+    published configs (tests/data), with the oracles' default random initialisation."""
+    from diffusers import (AutoencoderKL, DDIMScheduler, PNDMScheduler, StableDiffusionPipeline,
+                           UNet2DConditionModel)
+    from transformers import CLIPTextConfig, CLIPTextModel, CLIPTokenizer
+
+    torch.manual_seed(seed)
+    write_vocab_files(path / "_vocab", pad_token="!" if version == "sd21" else "<|endoftext|>")
+    scheduler = (DDIMScheduler if version == "sd21" else PNDMScheduler).from_config(published(f"{version}_scheduler"))
+    pipe = StableDiffusionPipeline(
+        unet=UNet2DConditionModel.from_config(published(f"{version}_unet")),
+        vae=AutoencoderKL.from_config(published(f"{version}_vae")),
+        text_encoder=CLIPTextModel(CLIPTextConfig(**published(f"{version}_text_encoder"))),
+        tokenizer=CLIPTokenizer.from_pretrained(path / "_vocab"), scheduler=scheduler,
+        safety_checker=None, feature_extractor=None, requires_safety_checker=False)
+    pipe.save_pretrained(path)
+    return path
+
+
+def full_size_pair(component: str, preset) -> tuple[torch.nn.Module, torch.nn.Module]:
+    """(sumie's, the oracle's) full-size `component` (unet, vae, text_encoder) of a preset, on the meta device:
+    ours from the preset, the oracle's from the published config file."""
+    import diffusers
+    import transformers
+
+    from sumie.text_encoder import CLIPTextModel
+    from sumie.unet import UNet2DConditionModel
+    from sumie.vae import AutoencoderKL
+    config = published(f"{preset.name}_{component}")
+    with torch.device("meta"):
+        if component == "text_encoder":
+            return (CLIPTextModel(preset.text_encoder),
+                    transformers.CLIPTextModel(transformers.CLIPTextConfig(**config)))
+        ours = {"unet": UNet2DConditionModel, "vae": AutoencoderKL}[component](getattr(preset, component))
+        return ours, getattr(diffusers, {"unet": "UNet2DConditionModel", "vae": "AutoencoderKL"}[component]).from_config(config)

@@ -12,6 +12,7 @@ import torch
 from safetensors.torch import load_file
 
 from sumie import StableDiffusionPipeline, tiny
+from sumie.config import TINY
 from sumie.images import parse_parameters, read_parameters
 from sumie.tiny import train as T
 from sumie.tiny.data import Scene, all_scenes
@@ -53,18 +54,18 @@ def test_a_few_steps_lower_the_loss():
     scenes = all_scenes()[::50]
     images = T.images_tensor(scenes)
     torch.manual_seed(0)
-    vae = T.AutoencoderKL(T.VAEConfig.from_dict(T.VAE))
+    vae = T.AutoencoderKL(TINY.vae)
     with torch.no_grad():
         vae.quant_conv.bias[4:] = -10.0
     assert_learns(list(vae.parameters()), recipe.vae_lr,
                   lambda: T.vae_loss(vae, images, torch.Generator().manual_seed(0), recipe.kl_weight, recipe.shape_weight))
 
-    text_encoder = T.CLIPTextModel(T.TextEncoderConfig.from_dict(T.TEXT))
-    unet = T.UNet2DConditionModel(T.UNetConfig.from_dict(T.UNET))
+    text_encoder = T.CLIPTextModel(TINY.text_encoder)
+    unet = T.UNet2DConditionModel(TINY.unet)
     with torch.no_grad():
         latents = T.encode_all(vae, images)
     ids = T.Captions(T.CLIPTokenizer.standard())([s.caption() for s in scenes])
-    alpha_bar = T.alphas_cumprod_for(T.parse_config(T.SCHEDULER, "dpm++2m"))
+    alpha_bar = T.alphas_cumprod_for(T.parse_config(dict(TINY.scheduler), "dpm++2m"))
     assert_learns([*text_encoder.parameters(), *unet.parameters()], recipe.unet_lr,
                   lambda: T.diffusion_loss(unet, text_encoder, latents, ids, torch.Generator().manual_seed(1), alpha_bar, 5.0))
 

@@ -7,6 +7,7 @@ with 130, keeping the images already written (each is written atomically, so non
 from __future__ import annotations
 
 import argparse
+import itertools
 import re
 import secrets
 import sys
@@ -80,8 +81,8 @@ def next_index(outdir: Path) -> int:
 
 
 def cmd_generate(args) -> int:
-    from . import __version__, tiny
-    from .images import format_parameters, image_grid, save_png
+    from . import tiny
+    from .images import image_grid, infotext
     from .pipeline import StableDiffusionPipeline
     from .schedulers import spec_for
     from .weights import model_hash
@@ -118,16 +119,14 @@ def cmd_generate(args) -> int:
                      num_inference_steps=settings["steps"], guidance_scale=settings["guidance"],
                      height=settings.get("height"), width=settings.get("width"), seed=seed + i,
                      scheduler=scheduler, karras=settings["karras"]).images[0]
-        text = format_parameters(
-            settings["prompt"], settings["negative_prompt"], Steps=settings["steps"],
-            Sampler=spec_for(scheduler).a1111, Schedule_type="Karras" if settings["karras"] else "Automatic",
-            CFG_scale=settings["guidance"], Seed=seed + i, Size=f"{image.width}x{image.height}",
-            Model_hash=hash_, Model=model_name, Version=f"sumie {__version__}")
-        print(_save_numbered(outdir, f"{seed + i}", image, text, save_png), flush=True)
+        text = infotext(settings["prompt"], settings["negative_prompt"], steps=settings["steps"], sampler_id=scheduler,
+                        karras=settings["karras"], cfg_scale=settings["guidance"], seed=seed + i, width=image.width,
+                        height=image.height, model_hash=hash_, model_name=model_name)
+        print(_save_numbered(outdir, f"{seed + i}", image, text), flush=True)
         images.append((image, text))
     if args.grid and len(images) > 1:
         grid = image_grid([im for im, _ in images], rows=1, cols=len(images))
-        print(_save_numbered(outdir, "grid", grid, images[0][1], save_png), flush=True)
+        print(_save_numbered(outdir, "grid", grid, images[0][1]), flush=True)
     return 0
 
 
@@ -200,14 +199,10 @@ def _model_options(p: argparse.ArgumentParser) -> None:
                    help="allow .ckpt/.bin pickles (tensors only, via torch.load(weights_only=True))")
 
 
-def _save_numbered(outdir: Path, suffix: str, image, text: str, save_png) -> Path:
+def _save_numbered(outdir: Path, suffix: str, image, text: str) -> Path:
     """Save as the next free `NNNNN-suffix.png`; never overwrites."""
-    index = next_index(outdir)
-    while True:
-        try:
-            return save_png(image, outdir / f"{index:05d}-{suffix}.png", text)
-        except FileExistsError:
-            index += 1
+    from .images import save_png_new
+    return save_png_new(image, (outdir / f"{i:05d}-{suffix}.png" for i in itertools.count(next_index(outdir))), text)
 
 
 def _int(text: str) -> int:

@@ -1,4 +1,4 @@
-"""Frozen configs for the three networks, read from each component's `config.json`.
+"""Frozen configs for the three networks, read from each component's `config.json`, and named presets.
 
 Field names and defaults are those of the diffusers / transformers config files, so a published
 folder is read as it is. Fields missing from older files take the reference's default
@@ -13,6 +13,7 @@ import dataclasses
 import json
 from dataclasses import dataclass, field
 from pathlib import Path
+from types import MappingProxyType
 from typing import Any
 
 from .errors import ConfigError
@@ -229,3 +230,69 @@ class VAEConfig:
     @classmethod
     def from_dict(cls, raw, source="vae/config.json"):
         return _parse(cls, raw, source, _VAE_FIXED)
+
+
+# ---------------------------------------------------------------------------------------------------
+# Named presets: the published architectures, as their diffusers folders' config files describe them.
+# Detection of single files starts from these; tests/test_config.py checks them against the published files.
+# ---------------------------------------------------------------------------------------------------
+@dataclass(frozen=True, kw_only=True)
+class Preset:
+    """One architecture: the configs of its three networks, its scheduler_config.json, its tokenizer's pad."""
+
+    name: str
+    text_encoder: TextEncoderConfig
+    unet: UNetConfig
+    vae: VAEConfig
+    scheduler: MappingProxyType
+    pad_token: str = "<|endoftext|>"
+
+
+_SD_VAE = VAEConfig(block_out_channels=(128, 256, 512, 512), layers_per_block=2, sample_size=512,
+                    down_block_types=("DownEncoderBlock2D",) * 4, up_block_types=("UpDecoderBlock2D",) * 4)
+_SD1_SCHEDULER = MappingProxyType({
+    "_class_name": "PNDMScheduler", "beta_start": 0.00085, "beta_end": 0.012, "beta_schedule": "scaled_linear",
+    "num_train_timesteps": 1000, "set_alpha_to_one": False, "skip_prk_steps": True, "steps_offset": 1,
+    "clip_sample": False})
+
+# The published text encoder configs predate transformers 4.31: eos_token_id 2, so the pooled output is taken at
+# argmax(ids), which is the first end-of-text token for CLIP's vocabulary, as 49407 would give.
+SD15 = Preset(
+    name="sd15",
+    text_encoder=TextEncoderConfig(hidden_size=768, intermediate_size=3072, num_hidden_layers=12, num_attention_heads=12,
+                                   bos_token_id=0, eos_token_id=2),
+    unet=UNetConfig(cross_attention_dim=768), vae=_SD_VAE, scheduler=_SD1_SCHEDULER)
+# SD 2.x: OpenCLIP ViT-H/14's text tower up to its penultimate layer (23 of 24), per-level heads of 64 channels,
+# linear projections; the 768-v models predict v.
+SD21 = Preset(
+    name="sd21",
+    text_encoder=dataclasses.replace(SD15.text_encoder, hidden_size=1024, intermediate_size=4096,
+                                     num_hidden_layers=23, num_attention_heads=16, hidden_act="gelu"),
+    unet=UNetConfig(sample_size=96, attention_head_dim=(5, 10, 20, 20), cross_attention_dim=1024,
+                    use_linear_projection=True, upcast_attention=True),
+    vae=dataclasses.replace(_SD_VAE, sample_size=768),
+    scheduler=MappingProxyType({**_SD1_SCHEDULER, "_class_name": "DDIMScheduler", "prediction_type": "v_prediction"}),
+    pad_token="!")
+SD21_BASE = dataclasses.replace(  # the 512-pixel SD 2.0 / 2.1 base models predict epsilon
+    SD21, name="sd21-base", unet=dataclasses.replace(SD21.unet, sample_size=64),
+    vae=_SD_VAE, scheduler=MappingProxyType({**SD21.scheduler, "prediction_type": "epsilon"}))
+# sumie-tiny (sumie/tiny): 64x64 images, f=4 latents of 16x16. DDPM's linear betas (Ho et al. 2020), not SD's
+# scaled-linear ones: at t=T those leave sqrt(abar) = 0.068 of the signal, enough on 16x16 latents for the UNet to
+# read each shape's position off the noise instead of the caption, and so to draw it wherever the starting noise
+# suggests (Lin et al. 2023 describe the flaw); linear betas leave 0.006. "trailing" starts sampling at t=999.
+TINY = Preset(
+    name="sumie-tiny",
+    text_encoder=TextEncoderConfig(hidden_size=32, intermediate_size=128, num_hidden_layers=3, num_attention_heads=4),
+    unet=UNetConfig(block_out_channels=(32, 64, 112), layers_per_block=1, sample_size=16, cross_attention_dim=32,
+                    attention_head_dim=4, norm_num_groups=8,
+                    down_block_types=("DownBlock2D", "CrossAttnDownBlock2D", "CrossAttnDownBlock2D"),
+                    up_block_types=("CrossAttnUpBlock2D", "CrossAttnUpBlock2D", "UpBlock2D")),
+    vae=VAEConfig(block_out_channels=(16, 32, 64), layers_per_block=1, latent_channels=4, norm_num_groups=8,
+                  down_block_types=("DownEncoderBlock2D",) * 3, up_block_types=("UpDecoderBlock2D",) * 3,
+                  sample_size=64),
+    scheduler=MappingProxyType({
+        "_class_name": "DPMSolverMultistepScheduler", "beta_start": 0.0001, "beta_end": 0.02,
+        "beta_schedule": "linear", "num_train_timesteps": 1000, "prediction_type": "v_prediction",
+        "steps_offset": 0, "timestep_spacing": "trailing", "set_alpha_to_one": False, "clip_sample": False,
+        "algorithm_type": "dpmsolver++", "solver_order": 2, "use_karras_sigmas": False}))
+PRESETS = {p.name: p for p in (SD15, SD21, SD21_BASE, TINY)}

@@ -16,10 +16,13 @@ import os
 import re
 import tempfile
 from pathlib import Path
+from typing import Iterable
 
 from PIL import Image, PngImagePlugin
 
+from . import __version__
 from .errors import InputError
+from .schedulers import spec_for
 
 NEGATIVE = "Negative prompt: "
 # key: value pairs of the last line; a value is a JSON-quoted string or runs to the next comma
@@ -50,6 +53,15 @@ def format_parameters(prompt: str, negative_prompt: str = "", **fields) -> str:
         lines.append(NEGATIVE + negative_prompt)
     lines.append(", ".join(f"{k.replace('_', ' ')}: {_quote(v)}" for k, v in fields.items() if v is not None))
     return "\n".join(lines)
+
+
+def infotext(prompt: str, negative_prompt: str, *, steps: int, sampler_id: str, karras: bool, cfg_scale: float,
+             seed: int, width: int, height: int, model_hash: str, model_name: str) -> str:
+    """The A1111 `parameters` text of one generated image, as the CLI and the server write it."""
+    return format_parameters(prompt, negative_prompt, Steps=steps, Sampler=spec_for(sampler_id).a1111,
+                             Schedule_type="Karras" if karras else "Automatic", CFG_scale=cfg_scale, Seed=seed,
+                             Size=f"{width}x{height}", Model_hash=model_hash, Model=model_name,
+                             Version=f"sumie {__version__}")
 
 
 def parse_parameters(text: str) -> dict[str, str]:
@@ -85,6 +97,16 @@ def save_png(image: Image.Image, path: str | Path, parameters: str | None = None
         if os.path.exists(tmp) and (not overwrite or os.path.exists(path)):
             os.unlink(tmp)
     return path
+
+
+def save_png_new(image: Image.Image, names: Iterable[Path], parameters: str | None = None) -> Path:
+    """Save under the first of `names` that is free (atomically, never overwriting); -> the path written."""
+    for path in names:
+        try:
+            return save_png(image, path, parameters)
+        except FileExistsError:
+            continue
+    raise InputError("no free file name left")
 
 
 def read_parameters(path: str | Path) -> str:

@@ -12,7 +12,6 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from .convolution import Conv2d
 
 
 def timestep_embedding(t: torch.Tensor, dim: int, *, flip_sin_to_cos: bool, freq_shift: float) -> torch.Tensor:
@@ -67,10 +66,10 @@ class ResnetBlock(nn.Module):
     def __init__(self, in_ch: int, out_ch: int, *, temb_ch: int | None, groups: int, eps: float):
         super().__init__()
         self.norm1 = nn.GroupNorm(groups, in_ch, eps=eps)
-        self.conv1 = Conv2d(in_ch, out_ch, 3, padding=1)
+        self.conv1 = nn.Conv2d(in_ch, out_ch, 3, padding=1)
         self.time_emb_proj = nn.Linear(temb_ch, out_ch) if temb_ch else None
         self.norm2 = nn.GroupNorm(groups, out_ch, eps=eps)
-        self.conv2 = Conv2d(out_ch, out_ch, 3, padding=1)
+        self.conv2 = nn.Conv2d(out_ch, out_ch, 3, padding=1)
         self.conv_shortcut = nn.Conv2d(in_ch, out_ch, 1) if in_ch != out_ch else None
 
     def forward(self, x: torch.Tensor, temb: torch.Tensor | None = None) -> torch.Tensor:
@@ -88,7 +87,7 @@ class Downsample(nn.Module):
     def __init__(self, ch: int, *, padding: int):
         super().__init__()
         self.padding = padding
-        self.conv = Conv2d(ch, ch, 3, stride=2, padding=padding)
+        self.conv = nn.Conv2d(ch, ch, 3, stride=2, padding=padding)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return self.conv(F.pad(x, (0, 1, 0, 1)) if self.padding == 0 else x)
@@ -99,7 +98,7 @@ class Upsample(nn.Module):
 
     def __init__(self, ch: int):
         super().__init__()
-        self.conv = Conv2d(ch, ch, 3, padding=1)
+        self.conv = nn.Conv2d(ch, ch, 3, padding=1)
 
     def forward(self, x: torch.Tensor, size: tuple[int, int] | None = None) -> torch.Tensor:
         if size is None:

@@ -3,29 +3,55 @@
 `StableDiffusionPipeline` mirrors diffusers' class of that name where users rely on it (same call
 arguments and defaults, same numbers for the same seed) and adds `seed=`, `scheduler="dpm++2m"` and
 `karras=True`. Classifier-free guidance (Ho & Salimans 2022, eq. 6) runs both branches in one batched
-UNet call; prompts are encoded once per call.
+UNet call. Speed and memory options live in `sumie.speed`; the methods here only switch them on.
 """
 
 from __future__ import annotations
 
 import contextlib
 import math
+import warnings
 from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
 import torch
+from PIL import Image
 from tqdm.auto import tqdm
 
-from . import allocator, packing
 from .errors import InputError, NumericalError
-from .layers import Attention
 from .schedulers import Sampling, randn, run
 from .schedulers.adapter import FrozenConfig, Scheduler
+from .speed import allocator, kernels
+from .speed.compile import compile_networks
+from .speed.memory import Offload, decode, slice_attention
 from .weights import load_model
 
 MAX_SIDE = 4096
 MAX_IMAGES = 64
+# Arguments diffusers' pipelines take that sumie does not implement, with the value that means "not used":
+# given any other value, they are ignored with a warning that names them.
+DIFFUSERS_CALL_ARGS = {
+    "eta": 0.0, "prompt_embeds": None, "negative_prompt_embeds": None, "cross_attention_kwargs": None,
+    "guidance_rescale": 0.0, "clip_skip": None, "callback": None, "callback_steps": 1, "return_dict": True,
+    "timesteps": None, "sigmas": None, "ip_adapter_image": None, "ip_adapter_image_embeds": None,
+    "callback_on_step_end_tensor_inputs": ["latents"]}
+DIFFUSERS_LOAD_ARGS = {
+    "safety_checker": None, "feature_extractor": None, "requires_safety_checker": False, "use_safetensors": True,
+    "local_files_only": True, "low_cpu_mem_usage": True, "cache_dir": None, "token": None, "use_auth_token": None,
+    "force_download": False, "resume_download": None, "proxies": None, "device_map": None, "subfolder": None,
+    "custom_pipeline": None, "use_onnx": None}
+
+
+def warn_unsupported(given: dict, known: dict, where: str) -> None:
+    """Warn about each diffusers argument in `given` that sumie ignores; refuse names diffusers does not take."""
+    unknown = [k for k in given if k not in known]
+    if unknown:
+        raise TypeError(f"{where} got an unexpected keyword argument {unknown[0]!r}")
+    for name, value in given.items():
+        default = known[name]
+        if value is not default and not (type(value) is type(default) and value == default):
+            warnings.warn(f"{where}: {name}={value!r} is not implemented by sumie and is ignored", stacklevel=3)
 
 
 class _Interrupted(Exception):
@@ -52,18 +78,20 @@ class StableDiffusionPipeline:
         self._interrupt = False
         self._progress = {}
         self._compiled = None  # torch.compile'd UNet (see compile())
-        self._offload: torch.device | None = None  # see enable_model_cpu_offload()
-        self._vae_tiling: int | None = None  # band budget in elements, see enable_vae_tiling()
-        self._sequential = False  # see enable_sequential_cpu_offload()
+        self._offload: Offload | None = None  # see enable_model_cpu_offload()
+        self._band_budget: int | None = None  # elements per band, see enable_vae_tiling()
+        for model in (self.unet, self.vae):
+            kernels.by_shape(model)  # on CPU, each 3x3 convolution by the algorithm fastest for its shape
         allocator.keep_freed_memory()  # activations reuse freed memory instead of faulting pages back in
 
     @classmethod
     def from_pretrained(cls, path: str | Path, torch_dtype: torch.dtype | None = None, variant: str | None = None,
                         device: str | torch.device = "cpu", *, revision: str | None = None, vae=None,
                         config=None, prediction_type: str | None = None, allow_pickle: bool = False,
-                        **_ignored) -> "StableDiffusionPipeline":
+                        **diffusers_only) -> "StableDiffusionPipeline":
         """Load a diffusers folder, a model id from the local Hugging Face cache, or a single-file
         checkpoint (see `weights.load_model`). The safety checker and feature extractor are not used."""
+        warn_unsupported(diffusers_only, DIFFUSERS_LOAD_ARGS, "from_pretrained")
         parts = load_model(path, dtype=torch_dtype, device=device, variant=variant, revision=revision, vae=vae,
                            config=config, prediction_type=prediction_type, allow_pickle=allow_pickle)
         return cls(vae=parts.vae, text_encoder=parts.text_encoder, tokenizer=parts.tokenizer, unet=parts.unet,
@@ -106,97 +134,49 @@ class StableDiffusionPipeline:
     def vae_scale_factor(self) -> int:
         return self.vae.config.downscale
 
-    # -- speed and memory options (each off by default; each gives the plain path's images) ----------------
+    @property
+    def execution_device(self) -> torch.device:
+        return self._offload.device if self._offload else self.device
+
+    # -- speed and memory options (each off by default; each gives the plain path's images; see sumie.speed) ----
     def enable_attention_slicing(self, slice_size: int | str = "auto") -> None:
         """Attend in chunks of `slice_size` queries (auto: 1024), bounding attention's peak memory."""
-        size = 1024 if slice_size == "auto" else int(slice_size)
-        for model in (self.unet, self.vae):
-            for m in model.modules():
-                if isinstance(m, Attention):
-                    m.slice_size = size
+        slice_attention([self.unet, self.vae], 1024 if slice_size == "auto" else int(slice_size))
 
     def disable_attention_slicing(self) -> None:
-        self.enable_attention_slicing(0)
+        slice_attention([self.unet, self.vae], None)
 
     def enable_vae_tiling(self, band_mib: float = 16) -> None:
         """Decode layer by layer in bands of rows (about `band_mib` MiB of float32 input each) at every
         size, with whole-image GroupNorm statistics: the same image without seams, in less memory (see
-        `vae.AutoencoderKL.decode_tiled`; `decode` already does this from 512x512 pixels up)."""
-        self._vae_tiling = max(1, int(band_mib * 2 ** 18))
+        `speed.bands`; decoding already does this from `bands.BANDS_FROM` pixels up)."""
+        self._band_budget = max(1, int(band_mib * 2 ** 18))
 
     def disable_vae_tiling(self) -> None:
-        self._vae_tiling = None
+        self._band_budget = None
 
     def enable_model_cpu_offload(self, device: str | torch.device = "cuda") -> None:
         """Keep the networks on the CPU and move each to `device` only while it runs (for small GPUs)."""
-        self._offload = torch.device(device)
+        self._offload = Offload(device)
         self.to("cpu")
 
     def enable_sequential_cpu_offload(self, device: str | torch.device = "cuda") -> None:
         """Keep every weight on the CPU; each layer's own weights move to `device` just for its forward
         and back after it. The least device memory (one layer's weights), and the slowest."""
-        self.enable_model_cpu_offload(device)
-        self._sequential = True
-        target = torch.device(device)
-
-        def move(module: torch.nn.Module, to: torch.device) -> None:
-            for p in module._parameters.values():
-                if p is not None:
-                    p.data = p.data.to(to)
-            for name, b in module._buffers.items():
-                if b is not None:
-                    module._buffers[name] = b.to(to)
-
-        for model in (self.text_encoder, self.unet, self.vae):
-            for module in model.modules():
-                if module._parameters or module._buffers:
-                    module.register_forward_pre_hook(lambda m, args: move(m, target))
-                    module.register_forward_hook(lambda m, args, out: move(m, torch.device("cpu")))
+        self._offload = Offload(device, sequential=True)
+        self.to("cpu")
+        self._offload.hook([self.text_encoder, self.unet, self.vae])
 
     def compile(self, backend: str | None = None, **options) -> "StableDiffusionPipeline":
-        """The fast path. backend "pack" (the default on CPU): every network's convolutions and linear
-        layers keep oneDNN-packed weights, wide 3x3 convolutions Winograd-transformed ones (see `packing`),
-        ready in seconds, 1.1x the weights' size again in memory at 256², 1.6x once 512² has run. backend
-        "inductor" (the default elsewhere): torch.compile the UNet, `options` passed on; on CUDA with no
-        options, in mode="reduce-overhead" (CUDA graphs, about 3x eager's steps per second:
-        docs/benchmarks.md); on CPU with frozen weights, which compiles for about a minute per shape and
-        process."""
-        backend = backend or ("pack" if self.execution_device.type == "cpu" else "inductor")
-        if backend == "pack":
-            if options:
-                raise InputError(f"compile options {sorted(options)} are torch.compile's; they apply with "
-                                 f"pipe.compile(backend='inductor')")
-            if not packing.available():
-                raise InputError("this torch build has no oneDNN, so weights cannot be packed; "
-                                 "use pipe.compile(backend='inductor')")
-            for model in (self.text_encoder, self.unet, self.vae):
-                packing.pack(model)
-        elif backend == "inductor":
-            if self.execution_device.type == "cpu":
-                import torch._inductor.config as inductor
-                inductor.freezing = True  # weights become constants, which lets oneDNN pre-pack them
-            elif self.execution_device.type == "cuda" and not options:
-                options = {"mode": "reduce-overhead"}  # eager, a step's kernels wait on Python and launches
-            self._compiled = torch.compile(self.unet, dynamic=False, **options)
-        else:
-            raise InputError(f"unknown compile backend {backend!r}; use 'pack' or 'inductor'")
+        """The fast path (`speed.compile`): "pack" on CPU, every network's weights kept packed; "inductor"
+        elsewhere, torch.compile of the UNet with `options`."""
+        self._compiled = compile_networks([self.text_encoder, self.unet, self.vae], self.unet, self.execution_device,
+                                          backend, **options)
         return self
 
-    @contextlib.contextmanager
     def _placed(self, module: torch.nn.Module):
         """Run `module` on the offload device when offloading is on."""
-        if self._offload is None or self._sequential:
-            yield
-            return
-        module.to(self._offload)
-        try:
-            yield
-        finally:
-            module.to("cpu")
-
-    @property
-    def execution_device(self) -> torch.device:
-        return self._offload or self.device
+        return self._offload.placed(module) if self._offload else contextlib.nullcontext()
 
     # -- steps ----------------------------------------------------------------------------------------
     @torch.no_grad()
@@ -206,7 +186,7 @@ class StableDiffusionPipeline:
             ids = self.tokenizer.encode(prompts).input_ids.to(self.execution_device)
             return self.text_encoder(ids).last_hidden_state
 
-    def _check(self, prompts, negatives, height, width, steps, guidance, n) -> None:
+    def _check(self, prompts, negatives, height, width, steps, guidance, n, output_type) -> None:
         for name, v in (("height", height), ("width", width)):
             if not isinstance(v, int) or v <= 0:
                 raise InputError(f"{name} must be a positive integer (got {v!r})")
@@ -223,21 +203,23 @@ class StableDiffusionPipeline:
         if negatives is not None and len(negatives) != len(prompts):
             raise InputError(f"negative_prompt has {len(negatives)} entries but prompt has {len(prompts)}; "
                              f"give one negative prompt, or one per prompt")
+        if output_type not in ("pil", "np", "pt", "latent"):
+            raise InputError(f"output_type must be pil, np, pt or latent (got {output_type!r})")
 
     @torch.no_grad()
     def __call__(self, prompt: str | list[str], negative_prompt: str | list[str] | None = None,
                  num_inference_steps: int = 50, guidance_scale: float = 7.5, height: int | None = None,
                  width: int | None = None, num_images_per_prompt: int = 1, generator=None, seed: int | None = None,
                  scheduler: str | None = None, karras: bool | None = None, output_type: str = "pil",
-                 callback_on_step_end=None, latents: torch.Tensor | None = None, **_ignored) -> PipelineOutput:
+                 callback_on_step_end=None, latents: torch.Tensor | None = None, **diffusers_only) -> PipelineOutput:
+        warn_unsupported(diffusers_only, DIFFUSERS_CALL_ARGS, "StableDiffusionPipeline()")
         prompts = [prompt] if isinstance(prompt, str) else list(prompt)
         negatives = None if negative_prompt is None else (
             [negative_prompt] * len(prompts) if isinstance(negative_prompt, str) else list(negative_prompt))
         native = self.unet.config.sample_size * self.vae_scale_factor
         height, width = native if height is None else height, native if width is None else width
-        self._check(prompts, negatives, height, width, num_inference_steps, guidance_scale, num_images_per_prompt)
-        if output_type not in ("pil", "np", "pt", "latent"):
-            raise InputError(f"output_type must be pil, np, pt or latent (got {output_type!r})")
+        self._check(prompts, negatives, height, width, num_inference_steps, guidance_scale, num_images_per_prompt,
+                    output_type)
         sampling = Sampling.create(scheduler or self.scheduler.sampler_id, self.scheduler._raw, num_inference_steps,
                                    karras=self.scheduler.karras if karras is None else karras)
         batch = len(prompts) * num_images_per_prompt
@@ -246,30 +228,65 @@ class StableDiffusionPipeline:
         if isinstance(generator, list) and len(generator) != batch:
             raise InputError(f"got {len(generator)} generators for a batch of {batch} images; pass one per image")
 
+        # 1. The text conditioning, and for guidance the negative (or empty) prompt's: (B, 77, D) each
         guided = guidance_scale > 1
-        cond = self.encode_prompt(prompts).repeat_interleave(num_images_per_prompt, dim=0)  # (B, 77, D)
-        if guided:
-            uncond = self.encode_prompt(negatives or [""] * len(prompts)).repeat_interleave(num_images_per_prompt, 0)
-            context = torch.cat([uncond, cond])  # (2B, 77, D)
-        else:
-            context = cond
+        cond = self._encode(prompts).repeat_interleave(num_images_per_prompt, dim=0)
+        uncond = self._encode(negatives or [""] * len(prompts)).repeat_interleave(num_images_per_prompt, 0) \
+            if guided else None
 
+        # 2. The starting noise (B, C, H/f, W/f): drawn on the CPU generator in float32, so a seed gives the same
+        # image on any device, scaled to the sampler's first noise level
         f = self.vae_scale_factor
         shape = (batch, self.unet.config.in_channels, height // f, width // f)
-        # (B, C, H/f, W/f): drawn on the CPU generator in float32, so a seed gives the same image on any device
         x = randn(shape, generator, "cpu") if latents is None else latents.float().cpu()
         x = x.to(self.execution_device) * sampling.init_noise_sigma
+
+        # 3. Denoise: the sampler asks for the model's prediction at each step (see schedulers.protocol)
         unet = self.unet if self._compiled is None else self._compiled
 
-        def model(x_in: torch.Tensor, t) -> torch.Tensor:
+        def denoise(x_in: torch.Tensor, t, rows: slice) -> torch.Tensor:
+            """The guided prediction of noise (or v) for images `rows`: (b, C, h, w) -> (b, C, h, w) float32."""
             x_in, t = x_in.to(self.dtype), torch.as_tensor(t, device=x_in.device)  # a tensor t: no recompiles
             # a copy in float32: CUDA graphs (compile() on a GPU) overwrite their output at the next call
             if not guided:
-                return unet(x_in, t, encoder_hidden_states=context).to(torch.float32, copy=True)
-            out_uncond, out_cond = unet(torch.cat([x_in, x_in]), t, encoder_hidden_states=context).to(
-                torch.float32, copy=True).chunk(2)
+                return unet(x_in, t, encoder_hidden_states=cond[rows]).to(torch.float32, copy=True)
+            out_uncond, out_cond = unet(torch.cat([x_in, x_in]), t, encoder_hidden_states=torch.cat(
+                [uncond[rows], cond[rows]])).to(torch.float32, copy=True).chunk(2)
             return out_uncond + guidance_scale * (out_cond - out_uncond)
 
+        def model(x_in: torch.Tensor, t) -> torch.Tensor:
+            if not self._one_at_a_time:
+                return denoise(x_in, t, slice(None))
+            return torch.cat([denoise(x_in[i:i + 1], t, slice(i, i + 1)) for i in range(len(x_in))])
+
+        x = self._sample(sampling, x, model, generator, callback_on_step_end)
+
+        # 4. Decode the latents to images
+        if output_type == "latent":
+            return PipelineOutput(x)
+        image = torch.cat([self.decode(z) for z in x.split(1)]) if self._one_at_a_time else self.decode(x)
+        if output_type == "pt":
+            return PipelineOutput(image)
+        array = image.permute(0, 2, 3, 1).float().cpu().numpy()
+        if output_type == "np":
+            return PipelineOutput(array)
+        return PipelineOutput([Image.fromarray((a * 255).round().astype(np.uint8)) for a in array])
+
+    @property
+    def _one_at_a_time(self) -> bool:
+        """On a CPU each image goes through the networks on its own, so that its numbers never depend on the
+        batch it is in (CPU kernels choose their blocking by the batch's size); a GPU takes the batch at once."""
+        return self.execution_device.type == "cpu"
+
+    def _encode(self, prompts: list[str]) -> torch.Tensor:
+        """encode_prompt, each distinct prompt on its own where `_one_at_a_time`: (B, 77, D)."""
+        if not self._one_at_a_time:
+            return self.encode_prompt(prompts)
+        encoded = {p: self.encode_prompt([p]) for p in dict.fromkeys(prompts)}
+        return torch.cat([encoded[p] for p in prompts])
+
+    def _sample(self, sampling: Sampling, x: torch.Tensor, model, generator, callback_on_step_end) -> torch.Tensor:
+        """Run the sampler from `x` with a progress bar, the step callback, and interruption."""
         bar = tqdm(total=len(sampling.schedule), **{"disable": False, **self._progress})
         self._interrupt = False
 
@@ -284,34 +301,23 @@ class StableDiffusionPipeline:
         noise = lambda like: randn(like.shape, generator, like.device)
         try:
             with self._placed(self.unet):
-                x = run(sampling.start(x, noise), model, sampling.prediction_type, on_step)
+                return run(sampling.start(x, noise), model, sampling.prediction_type, on_step)
         except _Interrupted as stop:
-            x = stop.latents
+            return stop.latents
         finally:
             bar.close()
-        if output_type == "latent":
-            return PipelineOutput(x)
-        image = self.decode(x)
-        if output_type == "pt":
-            return PipelineOutput(image)
-        array = image.permute(0, 2, 3, 1).float().cpu().numpy()
-        if output_type == "np":
-            return PipelineOutput(array)
-        from PIL import Image
-        return PipelineOutput([Image.fromarray((a * 255).round().astype(np.uint8)) for a in array])
 
     @torch.no_grad()
     def decode(self, latents: torch.Tensor) -> torch.Tensor:
         """(B, 4, h, w) latents -> (B, 3, H, W) images in [0, 1]. NaN/Inf triggers one float32 re-decode."""
         z = latents / self.vae.config.scaling_factor
         with self._placed(self.vae):
-            decode = (lambda z: self.vae.decode_tiled(z, self._vae_tiling)) if self._vae_tiling else self.vae.decode
-            image = decode(z.to(self.execution_device, self.vae.dtype))
+            image = decode(self.vae, z.to(self.execution_device, self.vae.dtype), self._band_budget)
             if not torch.isfinite(image).all() and self.vae.dtype != torch.float32:
                 dtype = self.vae.dtype
                 self.vae.float()
                 try:
-                    image = decode(z.float().to(self.execution_device))
+                    image = decode(self.vae, z.float().to(self.execution_device), self._band_budget)
                 finally:
                     self.vae.to(dtype)
         if not torch.isfinite(image).all():

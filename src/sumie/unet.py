@@ -12,7 +12,6 @@ import torch.nn.functional as F
 from torch import nn
 
 from .config import UNetConfig
-from .convolution import Conv2d
 from .layers import Attention, Downsample, ResnetBlock, Upsample, timestep_embedding
 
 
@@ -146,7 +145,7 @@ class UNet2DConditionModel(nn.Module):
         chs, n = cfg.block_out_channels, cfg.layers_per_block
         temb_ch = 4 * chs[0]
         self.time_embedding = TimestepEmbedding(chs[0], temb_ch)
-        self.conv_in = Conv2d(cfg.in_channels, chs[0], 3, padding=1)
+        self.conv_in = nn.Conv2d(cfg.in_channels, chs[0], 3, padding=1)
 
         skips = [chs[0]]  # channels of each skip connection, in the order the down path makes them
         self.down_blocks = nn.ModuleList()
@@ -172,7 +171,7 @@ class UNet2DConditionModel(nn.Module):
                 resampler=Upsample(ch) if i < len(chs) - 1 else None, cfg=cfg, temb_ch=temb_ch))
 
         self.conv_norm_out = nn.GroupNorm(cfg.norm_num_groups, chs[0], eps=cfg.norm_eps)
-        self.conv_out = Conv2d(chs[0], cfg.out_channels, 3, padding=1)
+        self.conv_out = nn.Conv2d(chs[0], cfg.out_channels, 3, padding=1)
 
     @property
     def dtype(self) -> torch.dtype:

@@ -22,7 +22,7 @@ import torch
 from ..config import read_json
 from ..errors import ConfigError, InputError
 from . import BY_DIFFUSERS_CLASS, Sampling, parse_config, predict, randn, spec_for
-from .schedule import alphas_cumprod_for, sigma_schedule, train_sigmas
+from .schedule import alphas_cumprod_for, sigma_init_noise, sigma_schedule, train_sigmas
 
 
 class FrozenConfig(dict):
@@ -113,8 +113,7 @@ class Scheduler:
         if spec_for(self.sampler_id).schedule is not sigma_schedule:
             return 1.0
         cfg = parse_config(self._raw, self.sampler_id, karras=self.karras)
-        top = float(train_sigmas(alphas_cumprod_for(cfg)).max())
-        return top if cfg.timestep_spacing in ("linspace", "trailing") else (top ** 2 + 1) ** 0.5
+        return sigma_init_noise(cfg, float(train_sigmas(alphas_cumprod_for(cfg)).max()))
 
     def _require_timesteps(self):
         if self.sampling is None:

@@ -16,7 +16,7 @@ from .schedule import Schedule, alphas_cumprod_for, spaced, train_sigmas
 
 
 def discrete_schedule(cfg, n: int, *, final_alpha: float | None) -> Schedule:
-    """Integer timesteps by `cfg.timestep_spacing`; `extra["alpha_to"]` gives the alpha each step lands on."""
+    """Integer timesteps by `cfg.timestep_spacing`, a stride of T // n, and the alpha the last step lands on."""
     ac = alphas_cumprod_for(cfg)
     ts = spaced(cfg, n).round().astype(np.int64)
     T = cfg.num_train_timesteps
@@ -24,15 +24,14 @@ def discrete_schedule(cfg, n: int, *, final_alpha: float | None) -> Schedule:
         most = next(m for m in range(n - 1, 0, -1) if spaced(cfg, m).round().max() < T)
         raise InputError(f"num_inference_steps={n} is too many for this scheduler: its first step would be "
                          f"timestep {ts.max()}, past the last trained one ({T - 1}); use at most {most} steps")
-    ratio = T // n
     final = ac[0] if final_alpha is None else torch.tensor(final_alpha)
     sigmas = train_sigmas(ac)[ts]
     return Schedule(torch.from_numpy(ts), torch.from_numpy(np.concatenate([sigmas, [0.0]]).astype(np.float32)), ac,
-                    1.0, {"ratio": ratio, "final_alpha": final})
+                    1.0, step_ratio=T // n, final_alpha=final)
 
 
 def _alpha(s: Schedule, t: int) -> torch.Tensor:
-    return s.alphas_cumprod[t] if t >= 0 else s.extra["final_alpha"]
+    return s.alphas_cumprod[t] if t >= 0 else s.final_alpha
 
 
 def _vp(x: torch.Tensor, s: Schedule, t: int) -> Eval:
@@ -49,7 +48,7 @@ def ddim(x: torch.Tensor, s: Schedule, noise: Noise | None = None, clip: float |
     for t in s.timesteps.tolist():
         p = yield _vp(x, s, t)
         x0 = p.x0.clamp(-clip, clip) if clip else p.x0
-        x = _transfer(x0, p.eps, _alpha(s, t - s.extra["ratio"]))
+        x = _transfer(x0, p.eps, _alpha(s, t - s.step_ratio))
     return x
 
 
@@ -71,7 +70,7 @@ def plms(x: torch.Tensor, s: Schedule, noise: Noise | None = None, v_prediction:
 
     As diffusers does, the raw model outputs are combined, and only then turned into noise at the
     sample and timestep being stepped from (this matters for v-prediction)."""
-    ts, r = s.timesteps.tolist(), s.extra["ratio"]
+    ts, r = s.timesteps.tolist(), s.step_ratio
     history: list[torch.Tensor] = []
 
     def step(x, out, t_from, t_to):

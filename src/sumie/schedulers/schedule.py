@@ -11,7 +11,7 @@ visits exactly the timesteps diffusers visits for the same config.
 from __future__ import annotations
 
 import math
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 
 import numpy as np
 import torch
@@ -86,14 +86,16 @@ class Schedule:
     timesteps: (N,) the UNet's timestep at each step (what diffusers calls `scheduler.timesteps`,
         without Heun's / PLMS's repeated entries). sigmas: (N+1,) float32 noise levels, the last the
         final one (0, or sigma_min for DDIM-style "final alpha"). init_noise_sigma: the factor on unit
-        noise for the starting latent, in the sampler's own space.
+        noise for the starting latent, in the sampler's own space. step_ratio and final_alpha: the
+        discrete samplers' (DDIM, PLMS) stride in training timesteps, and the alpha their last step lands on.
     """
 
     timesteps: torch.Tensor
     sigmas: torch.Tensor
     alphas_cumprod: torch.Tensor
     init_noise_sigma: float
-    extra: dict = field(default_factory=dict)
+    step_ratio: int | None = None
+    final_alpha: torch.Tensor | None = None
 
     def __len__(self) -> int:
         return len(self.timesteps)
@@ -109,9 +111,14 @@ def sigma_schedule(cfg, n: int, karras: bool) -> Schedule:
         sigmas = karras_sigmas(sigmas[0].item(), sigmas[-1].item(), n)
         ts = sigma_to_t(sigmas, np.log(all_sigmas))
     sigmas = np.concatenate([sigmas, [0.0]]).astype(np.float32)
-    top = float(sigmas.max())
-    init = top if cfg.timestep_spacing in ("linspace", "trailing") else (top ** 2 + 1) ** 0.5
-    return Schedule(torch.from_numpy(ts.astype(np.float32)), torch.from_numpy(sigmas), ac, init)
+    return Schedule(torch.from_numpy(ts.astype(np.float32)), torch.from_numpy(sigmas), ac,
+                    sigma_init_noise(cfg, float(sigmas.max())))
+
+
+def sigma_init_noise(cfg, top_sigma: float) -> float:
+    """The start latent's noise scale for the sigma-space samplers, as diffusers' Euler-family schedulers
+    set it: the top sigma, or for "leading" spacing sqrt(sigma^2 + 1)."""
+    return top_sigma if cfg.timestep_spacing in ("linspace", "trailing") else (top_sigma ** 2 + 1) ** 0.5
 
 
 def vp_schedule(cfg, n: int, karras: bool, *, extra: int = 1, round_karras: bool = True) -> Schedule:

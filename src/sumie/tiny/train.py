@@ -28,7 +28,7 @@ import random
 import shutil
 import tempfile
 import time
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, replace
 from pathlib import Path
 
 import numpy as np
@@ -36,7 +36,7 @@ import torch
 import torch.nn.functional as F
 from safetensors.torch import load_file, save_file
 
-from ..config import TextEncoderConfig, UNetConfig, VAEConfig
+from ..config import TINY
 from ..schedulers import parse_config
 from ..schedulers.schedule import alphas_cumprod_for
 from ..text_encoder import CLIPTextModel
@@ -44,23 +44,6 @@ from ..tokenizer import CLIPTokenizer
 from ..unet import UNet2DConditionModel
 from ..vae import AutoencoderKL
 from .data import Scene, all_scenes, training_caption
-
-VAE = dict(block_out_channels=(16, 32, 64), layers_per_block=1, latent_channels=4, norm_num_groups=8,
-           down_block_types=("DownEncoderBlock2D",) * 3, up_block_types=("UpDecoderBlock2D",) * 3, sample_size=64)
-TEXT = dict(hidden_size=32, intermediate_size=128, num_hidden_layers=3, num_attention_heads=4)
-UNET = dict(block_out_channels=(32, 64, 112), layers_per_block=1, sample_size=16, cross_attention_dim=32,
-            attention_head_dim=4, norm_num_groups=8,
-            down_block_types=("DownBlock2D", "CrossAttnDownBlock2D", "CrossAttnDownBlock2D"),
-            up_block_types=("CrossAttnUpBlock2D", "CrossAttnUpBlock2D", "UpBlock2D"))
-# DDPM's linear betas (Ho et al. 2020), not SD's scaled-linear ones: at t=T those leave sqrt(abar) = 0.068
-# of the signal, enough on 16x16 latents for the UNet to read each shape's position off the noise
-# instead of the caption, and so to draw it wherever the starting noise suggests (Lin et al. 2023
-# describe the flaw); linear betas leave 0.006. "trailing" starts sampling at t=999.
-SCHEDULER = dict(_class_name="DPMSolverMultistepScheduler", beta_start=0.0001, beta_end=0.02,
-                 beta_schedule="linear", num_train_timesteps=1000, prediction_type="v_prediction",
-                 steps_offset=0, timestep_spacing="trailing", set_alpha_to_one=False, clip_sample=False,
-                 algorithm_type="dpmsolver++", solver_order=2, use_karras_sigmas=False)
-
 
 @dataclass(frozen=True)
 class Recipe:
@@ -185,7 +168,7 @@ def train_vae(recipe: Recipe, out: Path, log, quiet: bool = False, device: str =
     steps = recipe.vae_steps
     path = out / "vae.safetensors"
     torch.manual_seed(recipe.seed)
-    vae = AutoencoderKL(VAEConfig.from_dict(VAE))
+    vae = AutoencoderKL(TINY.vae)
     with torch.no_grad():  # start with std ~ 0.007: latent noise of std 1 would drown the signal at first
         vae.quant_conv.bias[vae.config.latent_channels:] = -10.0
     opt = torch.optim.AdamW(vae.parameters(), lr=recipe.vae_lr, weight_decay=0.0)
@@ -317,8 +300,8 @@ def train_unet(recipe: Recipe, out: Path, latents: torch.Tensor, log, quiet: boo
     steps = recipe.unet_steps
     path = out / "unet.safetensors"
     torch.manual_seed(recipe.seed + 1)
-    text_encoder = CLIPTextModel(TextEncoderConfig.from_dict(TEXT))
-    unet = UNet2DConditionModel(UNetConfig.from_dict(UNET))
+    text_encoder = CLIPTextModel(TINY.text_encoder)
+    unet = UNet2DConditionModel(TINY.unet)
     models = {"text_encoder": text_encoder, "unet": unet}
     params = [p for m in models.values() for p in m.parameters()]
     opt = torch.optim.AdamW(params, lr=recipe.unet_lr, weight_decay=0.01)
@@ -337,7 +320,7 @@ def train_unet(recipe: Recipe, out: Path, latents: torch.Tensor, log, quiet: boo
     latents = latents.to(device)
     scenes = all_scenes()
     captions = Captions(CLIPTokenizer.standard())
-    alpha_bar = alphas_cumprod_for(parse_config(SCHEDULER, "dpm++2m"))
+    alpha_bar = alphas_cumprod_for(parse_config(dict(TINY.scheduler), "dpm++2m"))
     bar = Progress("text encoder + unet", steps, start, quiet) if start < steps else None
     for m in models.values():
         m.train()
@@ -371,9 +354,9 @@ def export(out: Path, vae: AutoencoderKL, text_encoder, unet, scaling_factor: fl
            prediction_type: str = "v_prediction") -> Path:
     """Write the diffusers folder `out/model` (atomically: built beside it, then renamed)."""
     from ..weights import Components, write_folder
-    vae.config = VAEConfig.from_dict({**VAE, "scaling_factor": scaling_factor, "force_upcast": False})
+    vae.config = replace(TINY.vae, scaling_factor=scaling_factor, force_upcast=False)
     parts = Components(tokenizer=CLIPTokenizer.standard(), text_encoder=text_encoder, unet=unet, vae=vae,
-                       scheduler_config={**SCHEDULER, "prediction_type": prediction_type}, source=out)
+                       scheduler_config={**TINY.scheduler, "prediction_type": prediction_type}, source=out)
     final = out / "model"
     tmp = Path(tempfile.mkdtemp(prefix=".tmp-", dir=out))
     try:

@@ -12,22 +12,17 @@ output (2.25x and 4x fewer). Each transform is one matrix product too: on tiles 
 B^T d B = (B^T x B^T) d with x the Kronecker product, so a group of tiles goes through B^T, G or A^T in one
 product with a small (m+2)^2-wide matrix instead of a pass per coefficient.
 
-- F(2x2, 3x3): B, G and A hold only 0, +-1 and +-1/2, so the result is as accurate as the direct sum: on
-  SD's layer shapes its max error against a float64 convolution is about 2e-6, oneDNN's 6e-6 to 1e-5.
-  Eager convolution (`sumie.convolution`) and the fast path use it.
-- F(4x4, 3x3) (interpolation points 0, +-1, +-2): its transforms multiply by up to 8, and its error is
-  3e-5 to 6e-5 on the same shapes, 3-8x oneDNN's; over a whole UNet step about 8e-6 against float64 (sumie
-  eager: 2e-6), over a VAE decode 0.006 of a colour level. Only the fast path (`sumie.packing`) uses it, where
-  the image is large beside the weight (`fast_tile`): it needs 1.78x fewer multiplies than F(2x2, 3x3) and
-  moves fewer values per output through its transforms, but its transformed weight is 4x the weight's size.
+- F(2x2, 3x3): B, G and A hold only 0, +-1 and +-1/2, so the result is as accurate as the direct sum.
+  Eager convolution (`kernels`) and the fast path use it.
+- F(4x4, 3x3) (interpolation points 0, +-1, +-2): its transforms multiply by up to 8, so its rounding error
+  is several times the direct sum's. Only the fast path (`packing`) uses it, where the image is large beside
+  the weight (`fast_tile`): it needs 1.78x fewer multiplies than F(2x2, 3x3) and moves fewer values per
+  output through its transforms, but its transformed weight is 4x the weight's size.
 
-What it buys depends on the shape. With 256 or more channels on both sides and at least 8x8 positions,
-a 2-core AVX-512 machine computes SD's 3x3 layers by F(2x2, 3x3) in 0.4-0.75x the time of oneDNN's packed
-convolution (docs/benchmarks.md, "Winograd convolution"), and from 32x32 positions by F(4x4, 3x3) in
-0.55-0.75x the time of F(2x2, 3x3), which there also pays with 128 channels (the VAE's last level). At
-16x16 F(4x4, 3x3) was no faster in a UNet step: its transformed weight is 4x the weight's size. With fewer
-channels the transforms (memory traffic) outweigh the saved arithmetic, and at 4x4 positions the layer is
-bound by reading its weights, which the transform makes 16/9 as large. `pays` and `fast_tile` encode that rule.
+What it buys depends on the shape: with few channels the transforms (memory traffic) outweigh the saved
+arithmetic, and at 4x4 positions a layer is bound by reading its weights, which the transform makes 16/9 as
+large. `pays` and `fast_tile` encode the rule measured in docs/benchmarks.md ("Winograd convolution"), with
+its errors against float64.
 """
 
 from __future__ import annotations
@@ -72,7 +67,7 @@ def pays(in_channels: int, out_channels: int, height: int, width: int) -> bool:
 
 
 def fast_tile(conv: nn.Conv2d, height: int, width: int) -> int | None:
-    """m of the F(m x m, 3x3) the fast path (`sumie.packing`) computes `conv` by on an input of height x width
+    """m of the F(m x m, 3x3) the fast path (`packing`) computes `conv` by on an input of height x width
     positions; None where `conv` is not a 3x3 'same' convolution or Winograd would not be faster (module
     docstring). F(4x4, 3x3) from 32x32 positions and 128 channels on both sides, where the image is large
     beside the weight; else F(2x2, 3x3) where it `pays`."""

@@ -1,4 +1,5 @@
-"""The models' Conv2d: on CPU inference, each 3x3 convolution runs by the exact algorithm fastest for its shape.
+"""Kernel choice, a pass on a built model: on CPU inference, each 3x3 convolution runs by the exact algorithm
+fastest for its shape.
 
 oneDNN, which runs `F.conv2d` on x86 CPUs, converts the weight into its own blocked layout on every call.
 Where the weights are large and the image small (the UNet's 1280-channel layers at 8x8 and 4x4 positions)
@@ -7,17 +8,18 @@ that conversion costs more than the arithmetic. Three algorithms, all exact up t
 - direct: `F.conv2d`;
 - im2col: the 3x3 neighbourhoods unfolded into columns, then one matrix product with the weight as it
   is stored (Chellapilla et al. 2006). It copies the input 9 times, which is cheap when the input is small;
-- Winograd F(2x2, 3x3) (`sumie.winograd`) with the weight transformed on each call, which is cheap when the
+- Winograd F(2x2, 3x3) (`sumie.speed.winograd`) with the weight transformed on each call, which is cheap when the
   weight is small.
 
-On a 2-core AVX-512 machine im2col takes 0.6-0.9x the direct time when C_in * C_out >= 6400 * B * H * W (1.03x
-at the rule's edge), and Winograd 0.5-1.0x for 256-640 channels at 8x8 positions or more (one shape 1.09x in
-the last run; docs/benchmarks.md, "Eager convolution").
+`by_shape(model)` gives every zero-padded Conv2d of a model a forward that picks by `im2col_pays` and
+`winograd.pays`; the rules' thresholds were measured (docs/benchmarks.md, "Eager convolution").
 Nothing is cached, so memory stays that of the weights. Anything but float32 CPU inference takes
 `F.conv2d`.
 """
 
 from __future__ import annotations
+
+import types
 
 import torch
 import torch.nn.functional as F
@@ -69,11 +71,14 @@ def conv2d(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None, str
     return F.conv2d(x, weight, bias, stride, padding, dilation, groups)
 
 
-class Conv2d(nn.Conv2d):
-    """nn.Conv2d, same parameters and names, whose zero-padded convolutions run by `conv2d`."""
+def _forward(self: nn.Conv2d, x: torch.Tensor) -> torch.Tensor:
+    # x: (B, C_in, H, W) -> (B, C_out, H', W')
+    return conv2d(x, self.weight, self.bias, self.stride, self.padding, self.dilation, self.groups)
 
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        # x: (B, C_in, H, W) -> (B, C_out, H', W')
-        if self.padding_mode == "zeros" and not isinstance(self.padding, str):
-            return conv2d(x, self.weight, self.bias, self.stride, self.padding, self.dilation, self.groups)
-        return super().forward(x)
+
+def by_shape(model: nn.Module) -> nn.Module:
+    """Give every zero-padded Conv2d of `model` the forward `conv2d`, in place (undone by `packing.unpack`)."""
+    for m in model.modules():
+        if isinstance(m, nn.Conv2d) and m.padding_mode == "zeros" and not isinstance(m.padding, str):
+            m.forward = types.MethodType(_forward, m)
+    return model

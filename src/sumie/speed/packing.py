@@ -1,20 +1,17 @@
-"""Pre-packed weights for CPU inference: what `pipe.compile()` does on a CPU.
+"""Pre-packed weights for CPU inference: the pass `pipe.compile()` applies on a CPU.
 
 oneDNN, which runs torch's convolutions and matrix multiplies on x86 CPUs, computes on weights in a blocked
 layout of its own. A plain `F.conv2d` / `F.linear` call converts the weight into that layout on every call;
 for the UNet's 1280-channel layers at 8x8 or 16x16 positions the conversion costs about as much as the
 arithmetic. `pack(model)` makes each Conv2d and Linear convert its weight once (a Conv2d for the input shape
 it sees) and keep the packed copy. Wide 3x3 convolutions instead keep their Winograd-transformed weights
-(`sumie.winograd`): F(2x2, 3x3), 2.25x fewer multiplies, or from 32x32 positions, where the image is large
-beside the weight, F(4x4, 3x3), 4x fewer, whose rounding error is 3-8x oneDNN's but still about 1e-5 of the
-outputs' scale. Where the image is small beside the weight (the UNet's 1280-channel layers at 4x4
-positions), im2col on the weight as stored (`sumie.convolution`) beats oneDNN's packed weight and keeps no
-copy. The numbers are the same within the parity tests' tolerance, a 256² UNet step takes 0.7-0.8x
-sumie's eager time on a 2-core AVX-512 machine (docs/benchmarks.md), and the process holds a second, packed
-copy of most weights (16/9 or 4x the size for Winograd layers), which is why this is an option and not the
-default.
+(`winograd.fast_tile`: F(2x2, 3x3), or F(4x4, 3x3) where the image is large beside the weight). Where the
+image is small beside the weight (the UNet's 1280-channel layers at 4x4 positions), im2col on the weight as
+stored (`kernels.im2col_pays`) keeps no copy. The numbers are the same within the parity tests' tolerance;
+the process holds a second, packed copy of most weights (16/9 or 4x the size for Winograd layers), which is
+why this is an option and not the default. Its speed and memory: docs/benchmarks.md.
 
-The VAE's bands (`sumie.vae.conv_rows`) run each wide convolution by the same transformed weight
+The VAE's bands (`bands.conv_rows`) run each wide convolution by the same transformed weight
 (`winograd_weight`). The packed copy is remade when the weight changes (in-place edits bump its version) or
 a convolution's input shape changes; a Linear's serves every number of rows. Anything but float32 CPU
 inference (training, CUDA, half precision, torch.compile tracing) takes the layer's ordinary forward.
@@ -28,7 +25,7 @@ import torch
 from torch import nn
 
 from . import winograd
-from .convolution import cpu_inference, im2col_conv3x3, im2col_pays
+from .kernels import cpu_inference, im2col_conv3x3, im2col_pays
 
 
 def _packed(module: nn.Module, shape_key, make) -> torch.Tensor:
@@ -55,7 +52,7 @@ def winograd_weight(conv: nn.Conv2d, x: torch.Tensor, height: int, width: int) -
 def _conv2d(self: nn.Conv2d, x: torch.Tensor) -> torch.Tensor:
     # x: (B, C_in, H, W) -> (B, C_out, H', W')
     if not cpu_inference(x, self.weight) or x.dim() != 4:
-        return type(self).forward(self, x)  # the class's forward (this one is the instance's)
+        return type(self).forward(self, x)  # nn.Conv2d's forward (this one is the instance's)
     U = winograd_weight(self, x, *x.shape[-2:])
     if U is not None:
         return winograd.conv3x3(x, U, self.bias)
@@ -91,7 +88,7 @@ def pack(model: nn.Module) -> nn.Module:
 
 
 def unpack(model: nn.Module) -> nn.Module:
-    """Undo `pack`: ordinary forwards, packed copies freed."""
+    """Undo `pack` (and `kernels.by_shape`): nn's own forwards, packed copies freed."""
     for m in model.modules():
         m.__dict__.pop("forward", None)
         m.__dict__.pop("_packed", None)

@@ -5,14 +5,14 @@ ways: a block above its mmap threshold (128 KiB at first, rising to at most 32 M
 freed) is a mapping of its own, unmapped when freed, and free space at the top of the heap beyond its trim
 threshold is returned. Either way the next tensor that size takes a page fault for every 4 KiB page it
 touches. A UNet step allocates and frees its activations (10-80 MB each) over and over, so it keeps paying
-those faults: on this project's 2-core VM about 55,000 of them, some 2 µs each, in one 256² step
-(docs/benchmarks.md, "Allocator"). AUTOMATIC1111's launcher preloads tcmalloc for the same reason.
+those faults (counted in docs/benchmarks.md, "Allocator"). AUTOMATIC1111's launcher preloads tcmalloc for the
+same reason.
 
 `keep_freed_memory()` sets glibc's M_MMAP_MAX to 0 (every block comes from the heap) and M_TRIM_THRESHOLD
 to 2 GiB (the heap's top is returned only when more than that is free), so freed activations are reused. Peak
-memory grows a little (a 1024² generation here: 6.4 GiB, from 5.9), and what the process holds after a
-peak is not given back until it exits. It applies to the whole process, is called when a pipeline is
-made, and does nothing on other C libraries or when the environment sets SUMIE_KEEP_FREED_MEMORY=0.
+memory grows a little, and what the process holds after a peak is not given back until it exits. It applies
+to the whole process, is called when a pipeline is made, and does nothing on other C libraries or when the
+environment sets SUMIE_KEEP_FREED_MEMORY=0.
 """
 
 from __future__ import annotations

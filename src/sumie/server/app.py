@@ -1,0 +1,63 @@
+"""The FastAPI app: the engine, the API router behind its auth dependency, the web page, error shapes."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import uvicorn
+from fastapi import Depends, FastAPI, Request
+from fastapi.exceptions import RequestValidationError
+from fastapi.responses import HTMLResponse
+
+from .. import __version__, tiny
+from ..errors import SumieError
+from ..pipeline import StableDiffusionPipeline
+from ..weights import model_hash
+from .engine import Engine
+from .routes import router
+from .security import LOCAL_HOSTS, Auth, Guard, Refused, error
+
+PAGE = Path(__file__).parent / "index.html"
+
+
+def create_app(pipe, *, model_name: str, model_hash: str, outdir: str | Path | None = None,
+               default_sampler: str = "dpm++2m", api_key: str | None = None, api_auth: str | None = None,
+               queue_size: int = 16, request_timeout: float = 600.0, allowed_hosts: set[str] | None = None,
+               native_size: int = 512) -> FastAPI:
+    """The app serving `pipe`. `allowed_hosts`: the Host names answered (a DNS-rebinding guard); None:
+    loopback names only; an empty set: any name (a server the user chose to expose)."""
+    app = FastAPI(title="sumie", version=__version__, description="AUTOMATIC1111-compatible API (subset)")
+    app.state.engine = Engine(pipe, model_name=model_name, model_hash=model_hash,
+                              outdir=Path(outdir) if outdir else None, queue_size=queue_size,
+                              default_sampler=default_sampler, native_size=native_size,
+                              request_timeout=request_timeout)
+    app.include_router(router, dependencies=[Depends(Auth(api_key, api_auth))])
+    app.add_api_route("/", lambda: PAGE.read_text(encoding="utf-8"), response_class=HTMLResponse,
+                      include_in_schema=False)
+    app.add_exception_handler(Refused, lambda request, e: error(e.status, e.detail, e.headers))
+    app.add_exception_handler(SumieError, lambda request, e: error(422, str(e)))
+    app.add_exception_handler(RequestValidationError, _invalid)
+    app.add_middleware(Guard, hosts=None if allowed_hosts is None else {h.lower() for h in allowed_hosts})
+    return app
+
+
+def _invalid(request: Request, exc: RequestValidationError):
+    fields = [{"loc": list(e.get("loc", ())), "msg": e.get("msg", ""), "type": e.get("type", "")}
+              for e in exc.errors()]
+    return error(422, fields)
+
+
+def serve(model: str, *, host: str = "127.0.0.1", port: int = 7860, outdir: str | None = None,
+          api_key: str | None = None, api_auth: str | None = None, queue_size: int = 16,
+          device: str = "cpu", request_timeout: float = 600.0, warn=print) -> None:
+    """`sumie serve`: load `model`, then serve it with uvicorn until stopped."""
+    if host not in LOCAL_HOSTS and not (api_key or api_auth):
+        warn(f"sumie: warning: serving on {host} with no --api-key: anyone who can reach this port can use it")
+    pipe = StableDiffusionPipeline.from_pretrained(model).to(device)
+    pipe.set_progress_bar_config(disable=True)
+    name = tiny.NAME if model == tiny.NAME else Path(pipe.source).name
+    app = create_app(pipe, model_name=name, model_hash=model_hash(pipe.source), outdir=outdir, api_key=api_key,
+                     default_sampler=pipe.scheduler.sampler_id, api_auth=api_auth, queue_size=queue_size,
+                     allowed_hosts=None if host in LOCAL_HOSTS else set(), request_timeout=request_timeout,
+                     native_size=pipe.unet.config.sample_size * pipe.vae_scale_factor)
+    uvicorn.run(app, host=host, port=port, log_level="warning")

@@ -1,0 +1,40 @@
+"""Images in JSON bodies: base64 PNGs out (with their A1111 `parameters`), and the metadata of PNGs in."""
+
+from __future__ import annotations
+
+import base64
+import io
+
+from PIL import Image, PngImagePlugin
+
+from ..errors import InputError
+
+MAX_PNG_PIXELS = 64 * 1024 * 1024
+
+
+def to_base64(image: Image.Image, text: str | None = None) -> str:
+    """A PNG of `image`, with `text` as its `parameters` chunk, in base64."""
+    info = PngImagePlugin.PngInfo()
+    if text is not None:
+        info.add_text("parameters", text)
+    buf = io.BytesIO()
+    image.save(buf, format="PNG", pnginfo=info)
+    return base64.b64encode(buf.getvalue()).decode()
+
+
+def png_parameters(data: str) -> str:
+    """The `parameters` text of a base64 PNG (with or without a data: prefix). Only the header and text
+    chunks are read, never the pixels, so a decompression bomb costs nothing."""
+    if data.startswith("data:"):
+        data = data.partition(",")[2]
+    try:
+        raw = base64.b64decode(data, validate=True)
+    except ValueError:
+        raise InputError("image is not valid base64") from None
+    try:
+        with Image.open(io.BytesIO(raw)) as im:
+            if im.width * im.height > MAX_PNG_PIXELS:
+                raise InputError(f"image is {im.width}x{im.height}, over the {MAX_PNG_PIXELS} pixel limit")
+            return str(im.info.get("parameters", ""))
+    except (OSError, Image.DecompressionBombError, SyntaxError, ValueError) as e:
+        raise InputError(f"image is not a readable PNG ({e})") from None

@@ -1,0 +1,181 @@
+"""The job queue: one worker thread runs the model, fed by a bounded FIFO of Jobs.
+
+A request submits a Job and awaits its future; `progress`, `interrupt` and `skip` read and flag the job that
+runs. A job whose client left before it started is dropped unstarted; one that runs stops at its next step.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import itertools
+import queue
+import secrets
+import threading
+import time
+from dataclasses import dataclass
+from datetime import datetime
+from pathlib import Path
+from typing import Any
+
+import torch
+from PIL import Image
+
+from ..images import infotext, save_png_new
+from .codec import to_base64
+from .models import Txt2ImgRequest
+
+
+@dataclass
+class Job:
+    request: Txt2ImgRequest
+    sampler_id: str
+    karras: bool
+    seed: int
+    done: asyncio.Future
+    loop: asyncio.AbstractEventLoop
+    cancelled: bool = False  # the client left or timed out before the job started
+    interrupted: bool = False
+    skipped: bool = False
+    started: float | None = None
+    step: int = 0
+    steps_total: int = 0
+    preview: Any = None
+
+    def finish(self, value=None, error: BaseException | None = None) -> None:
+        def settle():
+            if not self.done.done():
+                self.done.set_exception(error) if error else self.done.set_result(value)
+        self.loop.call_soon_threadsafe(settle)
+
+
+class Engine:
+    """The model and its one worker thread, fed by a bounded FIFO of Jobs."""
+
+    def __init__(self, pipe, *, model_name: str, model_hash: str, outdir: Path | None, queue_size: int,
+                 default_sampler: str, native_size: int, request_timeout: float):
+        self.pipe, self.model_name, self.model_hash, self.outdir = pipe, model_name, model_hash, outdir
+        self.default_sampler, self.native_size, self.request_timeout = default_sampler, native_size, request_timeout
+        self.queue: queue.Queue[Job] = queue.Queue(maxsize=queue_size)
+        self.current: Job | None = None
+        self.last_step_seconds = 1.0
+        self.lock = threading.Lock()
+        self.thread = threading.Thread(target=self._work, name="sumie-worker", daemon=True)
+        self.thread.start()
+
+    # -- worker thread ------------------------------------------------------------------------------
+    def _work(self) -> None:
+        while True:
+            job = self.queue.get()
+            if job.cancelled:  # its client left or timed out while it waited
+                job.finish(None)
+                continue
+            with self.lock:
+                self.current, job.started = job, time.monotonic()
+            try:
+                job.finish(self._run(job))
+            except BaseException as e:  # reported to the request; the worker carries on
+                job.finish(error=e)
+            finally:
+                with self.lock:
+                    self.current = None
+
+    def _run(self, job: Job) -> dict:
+        r = job.request
+        job.steps_total = r.steps * r.n_iter
+        images, infotexts, seeds = [], [], []
+        for batch in range(r.n_iter):
+            if job.interrupted:
+                break
+            job.skipped = False
+            first = job.seed + batch * r.batch_size
+            tick = time.monotonic()
+
+            def on_step(pipe, i, t, tensors, batch=batch):
+                nonlocal tick
+                now = time.monotonic()
+                self.last_step_seconds, tick = now - tick, now
+                job.step = batch * r.steps + i + 1
+                job.preview = tensors["latents"]
+                if job.interrupted or job.skipped or job.cancelled:
+                    pipe._interrupt = True
+                return tensors
+
+            out = self.pipe([r.prompt] * r.batch_size, negative_prompt=[r.negative_prompt] * r.batch_size,
+                            num_inference_steps=r.steps, guidance_scale=r.cfg_scale, width=r.width, height=r.height,
+                            seed=first, scheduler=job.sampler_id, karras=job.karras, callback_on_step_end=on_step)
+            for k, image in enumerate(out.images):
+                seeds.append(first + k)
+                text = self.infotext(r, job, first + k)
+                images.append(image)
+                infotexts.append(text)
+                if r.save_images and self.outdir is not None:
+                    self.save(image, text, first + k)
+        job.preview = None
+        return {"images": images, "infotexts": infotexts, "seeds": seeds}
+
+    @property
+    def title(self) -> str:
+        """The model as A1111 names it in `sd_model_checkpoint`."""
+        return f"{self.model_name} [{self.model_hash}]"
+
+    def infotext(self, r: Txt2ImgRequest, job: Job, seed: int) -> str:
+        return infotext(r.prompt, r.negative_prompt, steps=r.steps, sampler_id=job.sampler_id, karras=job.karras,
+                        cfg_scale=r.cfg_scale, seed=seed, width=r.width, height=r.height,
+                        model_hash=self.model_hash, model_name=self.model_name)
+
+    def save(self, image: Image.Image, text: str, seed: int) -> None:
+        """Under --outdir, in a folder per day, as HHMMSS-random-seed.png."""
+        day = self.outdir / datetime.now().strftime("%Y-%m-%d")
+        day.mkdir(parents=True, exist_ok=True)
+        names = (day / f"{time.strftime('%H%M%S')}-{secrets.token_hex(4)}-{seed}.png" for _ in itertools.count())
+        save_png_new(image, names, text)
+
+    # -- request side -------------------------------------------------------------------------------
+    def submit(self, job: Job) -> None:
+        self.queue.put_nowait(job)  # queue.Full when full
+
+    def progress(self, preview: bool) -> dict:
+        with self.lock:
+            job = self.current
+        waiting = self.queue.qsize()
+        state = {"skipped": False, "interrupted": False, "stopping_generation": False, "job": "",
+                 "job_count": waiting + (job is not None), "job_timestamp": "0", "job_no": 0,
+                 "sampling_step": 0, "sampling_steps": 0}
+        if job is None:
+            return {"progress": 0.0, "eta_relative": 0.0, "state": state, "current_image": None, "textinfo": None}
+        done = job.step / max(1, job.steps_total)
+        eta = (job.steps_total - job.step) * self.last_step_seconds
+        per_iter = job.request.steps
+        state.update(skipped=job.skipped, interrupted=job.interrupted, job=f"txt2img seed {job.seed}",
+                     job_timestamp=time.strftime("%Y%m%d%H%M%S"), job_no=job.step // max(1, per_iter),
+                     sampling_step=job.step % per_iter or (per_iter if job.step else 0), sampling_steps=per_iter)
+        image = self.preview_png(job) if preview else None
+        return {"progress": round(done, 4), "eta_relative": round(eta, 2), "state": state, "current_image": image,
+                "textinfo": None}
+
+    def preview_png(self, job: Job) -> str | None:
+        """The current (noisy) latents of the first image as a base64 PNG: through the VAE when they are
+        small (<= 32x32), else the first three latent channels as colours, which costs nothing."""
+        latents = job.preview
+        if latents is None:
+            return None
+        z = latents[:1].detach().float()  # (1, C, h, w)
+        with torch.no_grad():
+            if z.shape[-1] * z.shape[-2] <= 32 * 32:
+                vae = self.pipe.vae
+                weight = next(vae.parameters())
+                rgb = vae.decode((z / vae.config.scaling_factor).to(weight.device, weight.dtype)).float().cpu()
+            else:
+                rgb = z[:, :3].cpu() / max(1e-6, float(z.abs().max()))
+        arr = ((rgb[0].permute(1, 2, 0).clamp(-1, 1) + 1) * 127.5).round().byte().numpy()  # (H, W, 3)
+        return to_base64(Image.fromarray(arr))
+
+    def interrupt(self) -> None:
+        with self.lock:
+            if self.current is not None:
+                self.current.interrupted = True
+
+    def skip(self) -> None:
+        with self.lock:
+            if self.current is not None:
+                self.current.skipped = True

@@ -1,0 +1,58 @@
+"""Request bodies of the A1111 API, as pydantic models: A1111's field names and defaults, with bounds.
+
+A field sumie does not use is accepted and ignored, as A1111's clients send many. A bad value is a 422
+that names the field.
+"""
+
+from __future__ import annotations
+
+from pydantic import BaseModel, ConfigDict, Field, field_validator
+
+from ..errors import InputError
+from ..schedulers import from_a1111
+
+MAX_BODY = 20 * 1024 * 1024
+MAX_SIDE = 2048
+MAX_BATCH = 8
+
+
+class Txt2ImgRequest(BaseModel):
+    """A1111's StableDiffusionTxt2ImgProcessingAPI, the fields sumie uses; other fields are ignored."""
+
+    model_config = ConfigDict(extra="ignore")
+    prompt: str = Field("", max_length=10_000)
+    negative_prompt: str = Field("", max_length=10_000)
+    seed: int = Field(-1, ge=-1, lt=2 ** 32)
+    sampler_name: str | None = None
+    sampler_index: str | None = None  # A1111's deprecated alias of sampler_name
+    scheduler: str | None = None
+    steps: int = Field(20, ge=1, le=150)
+    cfg_scale: float = Field(7.0, ge=0, le=100, allow_inf_nan=False)
+    width: int | None = Field(None, ge=8, le=MAX_SIDE, multiple_of=8)  # None: the model's native size
+    height: int | None = Field(None, ge=8, le=MAX_SIDE, multiple_of=8)
+    batch_size: int = Field(1, ge=1, le=MAX_BATCH)
+    n_iter: int = Field(1, ge=1, le=32)
+    send_images: bool = True
+    save_images: bool = False
+
+    @field_validator("sampler_name", "sampler_index")
+    @classmethod
+    def _known_sampler(cls, name):
+        if name is not None:
+            try:
+                from_a1111(name)
+            except InputError as e:
+                raise ValueError(str(e)) from None
+        return name
+
+    @field_validator("scheduler")
+    @classmethod
+    def _known_scheduler(cls, name):
+        if name is not None and name.lower() not in ("automatic", "karras"):
+            raise ValueError(f"unknown scheduler {name!r}; choose Automatic or Karras")
+        return name
+
+
+class PngInfoRequest(BaseModel):
+    model_config = ConfigDict(extra="ignore")
+    image: str = Field(..., max_length=MAX_BODY)

@@ -1,0 +1,119 @@
+"""The A1111 API's routes (`/sdapi/v1/...`), each a few lines over the Engine it receives by `Depends`."""
+
+from __future__ import annotations
+
+import asyncio
+import math
+import queue
+import secrets
+import time
+
+from fastapi import APIRouter, Depends, Request
+
+from ..images import parse_parameters
+from ..schedulers import SAMPLERS, from_a1111
+from . import a1111
+from .codec import png_parameters, to_base64
+from .engine import Engine, Job
+from .models import PngInfoRequest, Txt2ImgRequest
+from .security import error
+
+router = APIRouter(prefix="/sdapi/v1")
+
+
+def engine(request: Request) -> Engine:
+    return request.app.state.engine
+
+
+async def finished(job: Job, request: Request, timeout: float):
+    """The job's result, or an error answer when the client leaves (499) or the deadline passes (504) first;
+    either way the job is cancelled (queued: dropped unstarted; running: stopped at the next step)."""
+    deadline = time.monotonic() + timeout
+    while True:
+        try:
+            return await asyncio.wait_for(asyncio.shield(job.done), 0.25)
+        except asyncio.TimeoutError:
+            if await request.is_disconnected() or time.monotonic() > deadline:
+                job.cancelled = True
+                if time.monotonic() > deadline:
+                    return error(504, f"the job did not finish within {timeout:.0f} s")
+                return error(499, "client disconnected")
+        except asyncio.CancelledError:
+            return error(499, "client disconnected")
+
+
+@router.post("/txt2img")
+async def txt2img(body: Txt2ImgRequest, request: Request, engine: Engine = Depends(engine)):
+    name = body.sampler_name or body.sampler_index
+    sampler_id, karras = from_a1111(name) if name else (engine.default_sampler, False)
+    karras = karras or (body.scheduler is not None and body.scheduler.lower() == "karras")
+    if karras and not SAMPLERS[sampler_id].karras:
+        return error(422, [{"loc": ["body", "scheduler"], "msg": f"Karras does not apply to "
+                            f"{SAMPLERS[sampler_id].a1111}", "type": "value_error"}])
+    body = body.model_copy(update={"width": body.width or engine.native_size,
+                                   "height": body.height or engine.native_size})
+    seed = body.seed if body.seed != -1 else secrets.randbelow(2 ** 32)
+    loop = asyncio.get_running_loop()
+    job = Job(body, sampler_id, karras, seed, loop.create_future(), loop)
+    try:
+        engine.submit(job)
+    except queue.Full:
+        return error(429, f"the queue is full ({engine.queue.maxsize} jobs); retry later",
+                     headers={"Retry-After": str(max(1, math.ceil(engine.last_step_seconds * body.steps)))})
+    result = await finished(job, request, engine.request_timeout)
+    if not isinstance(result, dict):
+        return result
+    images = [to_base64(im, text) for im, text in zip(result["images"], result["infotexts"])] \
+        if body.send_images else []
+    info = a1111.txt2img_info(body, seed=seed, sampler_id=sampler_id, karras=karras, result=result, engine=engine,
+                              interrupted=job.interrupted)
+    return {"images": images, "parameters": body.model_dump(), "info": info}
+
+
+@router.get("/progress")
+def progress(skip_current_image: bool = False, engine: Engine = Depends(engine)):
+    return engine.progress(not skip_current_image)
+
+
+@router.post("/interrupt")
+def interrupt(engine: Engine = Depends(engine)):
+    engine.interrupt()
+    return {}
+
+
+@router.post("/skip")
+def skip(engine: Engine = Depends(engine)):
+    engine.skip()
+    return {}
+
+
+@router.get("/samplers")
+def samplers():
+    return a1111.samplers()
+
+
+@router.get("/schedulers")
+def schedulers():
+    return a1111.SCHEDULERS
+
+
+@router.get("/sd-models")
+def sd_models(engine: Engine = Depends(engine)):
+    return a1111.sd_models(engine)
+
+
+@router.get("/options")
+def options(engine: Engine = Depends(engine)):
+    return a1111.options(engine)
+
+
+@router.get("/scripts")
+def scripts():
+    return {"txt2img": [], "img2img": []}
+
+
+@router.post("/png-info")
+def png_info(body: PngInfoRequest):
+    text = png_parameters(body.image)
+    parsed = parse_parameters(text) if text else {}
+    return {"info": text, "items": {"parameters": text} if text else {}, "parameters": parsed}

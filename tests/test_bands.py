@@ -1,0 +1,53 @@
+"""`speed.bands`: the VAE in bands of rows equals the one-call VAE, for every layer kind and dtype."""
+
+import torch
+
+from sumie.speed import bands
+
+
+def test_packed_convolutions_keep_their_winograd_weight_in_bands():
+    """After compile(), the VAE's bands run a wide conv by the transformed weight packing keeps, with the
+    tiling of the whole input (F(4x4, 3x3) at 40x36 even for bands of a few rows), and give the plain result."""
+    from sumie.speed import packing
+    torch.manual_seed(0)
+    conv = torch.nn.Conv2d(256, 256, 3, padding=1)
+    x = torch.randn(1, 256, 40, 36)
+    with torch.no_grad():
+        plain = conv(x)
+        packing.pack(conv)
+        for budget in (1, 256 * 36 * 7):  # bands of one row, and of seven
+            conv.__dict__.pop("_packed", None)
+            banded = bands.conv_rows(conv, lambda lo, hi: x[:, :, lo:hi], 40, (1, 1), budget)
+            assert conv.__dict__["_packed"][0][2] == ("winograd", 4)
+            assert banded.shape == plain.shape and torch.allclose(banded, plain, atol=1e-4)
+
+
+def test_vae_bands_are_exact_for_every_layer_kind(sd1_folder):
+    """decode_tiled/encode_tiled with 1-row bands against decode/encode: upsampling, stride-2 downsampling
+    with its one-sided padding, shortcut convs and whole-tensor GroupNorm statistics all line up."""
+    from sumie.weights import load_model
+    vae = load_model(sd1_folder).vae
+    g = torch.Generator().manual_seed(1)
+    x, z = torch.rand(1, 3, 40, 24, generator=g) * 2 - 1, torch.randn(1, 4, 7, 5, generator=g)
+    with torch.no_grad():
+        for a, b in ((vae.encode(x).mean, bands.encode(vae, x, budget=1).mean),
+                     (vae.decode(z), bands.decode(vae, z, budget=1))):
+            assert a.shape == b.shape and torch.allclose(a, b, atol=1e-5), (a - b).abs().max()
+
+
+def test_vae_bands_take_group_statistics_in_float32(sd1_folder):
+    """In half precision the bands' GroupNorm statistics are float32, as in GroupNorm itself: activations
+    whose variance overflows float16 (here 300^2 > 65504) still decode like the one-call path."""
+    from sumie.weights import load_model
+    vae = load_model(sd1_folder).vae.to(torch.bfloat16)
+    z = torch.randn(1, 4, 9, 7, generator=torch.Generator().manual_seed(2)) * 300
+    from sumie.speed.bands import norm_silu
+    norm = torch.nn.GroupNorm(4, 8)
+    x = torch.randn(2, 8, 6, 5, generator=torch.Generator().manual_seed(3)) * 300
+    with torch.no_grad():
+        expected = torch.nn.functional.silu(norm(x))
+        half = norm_silu(norm.half(), x.half())(x.half())
+        assert torch.isfinite(half).all() and torch.allclose(half.float(), expected, atol=2e-2)
+        one_call = vae.decoder(vae.post_quant_conv(z.bfloat16())).float()
+        banded = bands.decode(vae, z.bfloat16(), budget=1).float()
+    assert (banded - one_call).abs().mean() < 0.02 * one_call.abs().mean()
