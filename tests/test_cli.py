@@ -47,6 +47,31 @@ def test_generate_files_metadata_and_params_from(sd1_folder, tmp_path):
     assert not [p for p in os.listdir(out) if p.startswith(".tmp")]
 
 
+def test_clip_skip_and_prompt_syntax_are_written_and_read_back(sd1_folder, tmp_path):
+    """--clip-skip counts as A1111 does ("Clip skip: 2" is diffusers' clip_skip=1); the plain syntax is marked
+    in the metadata; --params-from re-creates both images."""
+    from sumie.pipeline import StableDiffusionPipeline
+    out = tmp_path / "out"
+    common = ["--model", sd1_folder, "--steps", 2, "--height", 32, "--width", 32, "--outdir", out, "--quiet"]
+    prompt = "a (red:1.4) circle"
+    skipped = sumie("generate", prompt, "--seed", 4, "--clip-skip", 2, *common).stdout.strip()
+    plain = sumie("generate", prompt, "--seed", 4, "--prompt-syntax", "plain", *common).stdout.strip()
+    meta = parse_parameters(read_parameters(skipped))
+    assert meta["Clip skip"] == "2" and "Prompt syntax" not in meta
+    assert parse_parameters(read_parameters(plain))["Prompt syntax"] == "plain"
+    pipe = StableDiffusionPipeline.from_pretrained(sd1_folder)
+    pipe.set_progress_bar_config(disable=True)
+    kw = dict(num_inference_steps=2, height=32, width=32, seed=4)
+    for path, syntax, skip in ((skipped, "a1111", 1), (plain, "plain", None)):
+        expected = pipe(prompt, prompt_syntax=syntax, clip_skip=skip, **kw).images[0]
+        assert np.array_equal(np.asarray(Image.open(path)), np.asarray(expected)), syntax
+        again = sumie("generate", "--params-from", path, "--model", sd1_folder, "--outdir", out, "--quiet")
+        assert np.array_equal(np.asarray(Image.open(again.stdout.strip())), np.asarray(Image.open(path))), syntax
+    assert not np.array_equal(np.asarray(Image.open(skipped)), np.asarray(Image.open(plain)))
+    r = sumie("generate", prompt, "--clip-skip", 0, *common)
+    assert r.returncode == 2 and "--clip-skip must be from 1" in r.stderr
+
+
 @pytest.mark.parametrize("args,needle", [
     (["x", "--height", 500], "height must be a multiple of 8 (got 500); try 496 or 504"),
     (["x", "--steps", 0], "num_inference_steps must be an integer >= 1"),

@@ -63,6 +63,25 @@ def test_listings_and_combined_sampler_names(server):
     assert (info["sampler_name"], info["scheduler"]) == ("DPM++ 2M", "Karras") and r.json()["images"] == []
 
 
+def test_clip_skip_from_override_settings(server, sd1_folder):
+    """A1111's CLIP_stop_at_last_layers (2: diffusers' clip_skip=1) for one request, written in the infotext."""
+    from sumie.pipeline import StableDiffusionPipeline
+    body = {"prompt": "a (red:1.3) circle", "steps": 2, "width": 32, "height": 32, "seed": 9}
+    r = post(server, "/sdapi/v1/txt2img", {**body, "override_settings": {"CLIP_stop_at_last_layers": 2}})
+    assert r.status_code == 200, r.text
+    info = json.loads(r.json()["info"])
+    assert info["clip_skip"] == 2 and "Clip skip: 2" in info["infotexts"][0]
+    pipe = StableDiffusionPipeline.from_pretrained(sd1_folder)
+    pipe.set_progress_bar_config(disable=True)
+    expected = pipe(body["prompt"], num_inference_steps=2, width=32, height=32, seed=9, prompt_syntax="a1111",
+                    clip_skip=1, scheduler="pndm", guidance_scale=7.0).images[0]  # A1111's default CFG
+    got = Image.open(io.BytesIO(base64.b64decode(r.json()["images"][0])))
+    assert got.tobytes() == expected.tobytes()
+    bad = post(server, "/sdapi/v1/txt2img", {**body, "override_settings": {"CLIP_stop_at_last_layers": 0}})
+    assert bad.status_code == 422 and "CLIP_stop_at_last_layers" in bad.text
+    assert httpx.get(server.url + "/sdapi/v1/options").json()["CLIP_stop_at_last_layers"] == 1
+
+
 @pytest.mark.parametrize("field,value", [
     ("width", 36), ("height", 4096), ("steps", 0), ("steps", 151), ("cfg_scale", float("nan")),
     ("cfg_scale", float("inf")), ("sampler_name", "Euler z"), ("batch_size", 9), ("scheduler", "exponential"),

@@ -54,11 +54,15 @@ def settings_from_image(path: str) -> dict:
             out["seed"] = int(p["Seed"])
         if "Size" in p:
             out["width"], out["height"] = (int(v) for v in p["Size"].split("x"))
+        if "Clip skip" in p:
+            out["clip_skip"] = int(p["Clip skip"])
     except ValueError:
         raise InputError(f"{path}: cannot read the stored parameters ({p})") from None
     if "Sampler" in p:
         out["scheduler"], karras = from_a1111(p["Sampler"])
         out["karras"] = karras or p.get("Schedule type", "").lower() == "karras"
+    out["prompt_syntax"] = "plain" if p.get("Prompt syntax", "").lower() == "plain" else "a1111"
+    out["emphasis"] = "none" if p.get("Emphasis", "").lower() == "none" else "original"
     return out
 
 
@@ -92,13 +96,15 @@ def cmd_generate(args) -> int:
     embedded = given.get("model", tiny.NAME) == tiny.NAME
     settings = {"negative_prompt": "", "steps": tiny.STEPS if embedded else 50,
                 "guidance": tiny.GUIDANCE if embedded else 7.5, "karras": False, "n": 1, "model": tiny.NAME,
-                **from_image, **given}
+                "prompt_syntax": "a1111", "clip_skip": 1, "emphasis": "original", **from_image, **given}
     if "prompt" not in settings:
         raise InputError("give a prompt: sumie generate \"a red circle on a blue background\"")
     if not 1 <= settings["n"] <= 64:
         raise InputError(f"--n must be from 1 to 64 (got {settings['n']})")
     if not 0 <= settings.get("seed", 0) < 2 ** 63:
         raise InputError(f"--seed must be from 0 to 2**63-1 (got {settings['seed']})")
+    if not 1 <= settings["clip_skip"] <= 12:
+        raise InputError(f"--clip-skip must be from 1 (the last layer) to 12 (got {settings['clip_skip']})")
     device, dtype = _device_and_dtype(settings.get("device", "cpu"), settings.get("dtype", "float32"))
     seed = settings.get("seed", secrets.randbelow(2 ** 32))
     pipe = StableDiffusionPipeline.from_pretrained(
@@ -110,6 +116,9 @@ def cmd_generate(args) -> int:
     scheduler = settings.get("scheduler", pipe.scheduler.sampler_id)
     spec_for(scheduler)
     outdir = Path(settings.get("outdir", "outputs"))
+    folder = embeddings_folder(settings.get("embeddings"), outdir)
+    if folder is not None:
+        pipe.embeddings.load_dir(folder, allow_pickle=args.allow_pickle)
     outdir.mkdir(parents=True, exist_ok=True)
     model_name, hash_ = tiny.NAME if embedded else Path(pipe.source).name, model_hash(pipe.source)
 
@@ -118,16 +127,26 @@ def cmd_generate(args) -> int:
         image = pipe(settings["prompt"], negative_prompt=settings["negative_prompt"] or None,
                      num_inference_steps=settings["steps"], guidance_scale=settings["guidance"],
                      height=settings.get("height"), width=settings.get("width"), seed=seed + i,
-                     scheduler=scheduler, karras=settings["karras"]).images[0]
+                     scheduler=scheduler, karras=settings["karras"], prompt_syntax=settings["prompt_syntax"],
+                     clip_skip=settings["clip_skip"] - 1 or None, emphasis=settings["emphasis"]).images[0]
         text = infotext(settings["prompt"], settings["negative_prompt"], steps=settings["steps"], sampler_id=scheduler,
                         karras=settings["karras"], cfg_scale=settings["guidance"], seed=seed + i, width=image.width,
-                        height=image.height, model_hash=hash_, model_name=model_name)
+                        height=image.height, model_hash=hash_, model_name=model_name, clip_skip=settings["clip_skip"],
+                        emphasis=settings["emphasis"], prompt_syntax=settings["prompt_syntax"])
         print(_save_numbered(outdir, f"{seed + i}", image, text), flush=True)
         images.append((image, text))
     if args.grid and len(images) > 1:
         grid = image_grid([im for im, _ in images], rows=1, cols=len(images))
         print(_save_numbered(outdir, "grid", grid, images[0][1]), flush=True)
     return 0
+
+
+def embeddings_folder(given: str | None, outdir: str | Path | None) -> Path | None:
+    """--embeddings DIR, else `embeddings/` beside the output folder when there is one."""
+    if given is not None:
+        return Path(given)
+    beside = Path(outdir).resolve().parent / "embeddings" if outdir else None
+    return beside if beside is not None and beside.is_dir() else None
 
 
 def cmd_convert(args) -> int:
@@ -186,7 +205,7 @@ def cmd_serve(args) -> int:
     device, _ = _device_and_dtype(args.device or "cpu", "float32")
     serve(args.model or tiny.NAME, host=args.host, port=args.port, outdir=args.outdir, api_key=args.api_key,
           api_auth=args.api_auth, queue_size=args.queue_size, device=str(device), request_timeout=args.timeout,
-          warn=lambda text: print(text, file=sys.stderr))
+          embeddings=embeddings_folder(args.embeddings, args.outdir), allow_pickle=args.allow_pickle, warn=lambda text: print(text, file=sys.stderr))
     return 0
 
 
@@ -239,6 +258,13 @@ def build_parser() -> argparse.ArgumentParser:
     g.add_argument("--outdir", help="default: outputs/")
     g.add_argument("--device", help="cpu (default), cuda, mps")
     g.add_argument("--dtype", choices=sorted(DTYPES), help="default: float32")
+    g.add_argument("--prompt-syntax", dest="prompt_syntax", choices=["a1111", "plain"],
+                   help="a1111 (default): (emphasis:1.2), [editing:steps], BREAK, long prompts; plain: diffusers' reading")
+    g.add_argument("--clip-skip", dest="clip_skip", type=_int, metavar="N",
+                   help="A1111's count: 1 (default) the last layer of the text encoder, 2 the one before, ...")
+    g.add_argument("--emphasis", choices=["original", "none"], help="how (word:1.2) weights apply (default original)")
+    g.add_argument("--embeddings", metavar="DIR", help="textual-inversion embeddings, each usable in a prompt by its "
+                                                       "file name (default: embeddings/ beside the output folder)")
     g.add_argument("--params-from", dest="params_from", metavar="IMAGE.png",
                    help="re-create an image from its stored parameters; other options override them")
     g.add_argument("--quiet", action="store_true", help="no progress bar")
@@ -275,6 +301,10 @@ def build_parser() -> argparse.ArgumentParser:
     sv.add_argument("--queue-size", dest="queue_size", type=_int, default=16, help="jobs waiting at most (default 16)")
     sv.add_argument("--timeout", type=float, default=600.0, help="seconds a request may wait and run (default 600)")
     sv.add_argument("--device", help="cpu (default), cuda, mps")
+    sv.add_argument("--embeddings", metavar="DIR", help="textual-inversion embeddings, each usable in a prompt by "
+                                                        "its file name (default: embeddings/ beside --outdir)")
+    sv.add_argument("--allow-pickle", dest="allow_pickle", action="store_true",
+                    help="allow .pt/.bin embeddings (tensors only, via torch.load(weights_only=True))")
     sv.set_defaults(func=cmd_serve)
 
     e = sub.add_parser("eval-tiny", help="score sumie-tiny (or another tiny-world model) by image analysis")

@@ -19,8 +19,10 @@ import torch
 from PIL import Image
 from tqdm.auto import tqdm
 
+from . import prompts as syntax
+from .embeddings import Embeddings
 from .errors import InputError, NumericalError
-from .schedulers import Sampling, randn, run
+from .schedulers import SAMPLERS, Sampling, randn, run
 from .schedulers.adapter import FrozenConfig, Scheduler
 from .speed import allocator, kernels
 from .speed.compile import compile_networks
@@ -33,7 +35,7 @@ MAX_IMAGES = 64
 # given any other value, they are ignored with a warning that names them.
 DIFFUSERS_CALL_ARGS = {
     "eta": 0.0, "prompt_embeds": None, "negative_prompt_embeds": None, "cross_attention_kwargs": None,
-    "guidance_rescale": 0.0, "clip_skip": None, "callback": None, "callback_steps": 1, "return_dict": True,
+    "guidance_rescale": 0.0, "callback": None, "callback_steps": 1, "return_dict": True,
     "timesteps": None, "sigmas": None, "ip_adapter_image": None, "ip_adapter_image_embeds": None,
     "callback_on_step_end_tensor_inputs": ["latents"]}
 DIFFUSERS_LOAD_ARGS = {
@@ -80,6 +82,7 @@ class StableDiffusionPipeline:
         self._compiled = None  # torch.compile'd UNet (see compile())
         self._offload: Offload | None = None  # see enable_model_cpu_offload()
         self._band_budget: int | None = None  # elements per band, see enable_vae_tiling()
+        self.embeddings = Embeddings(tokenizer, text_encoder.config.hidden_size)  # see load_textual_inversion()
         for model in (self.unet, self.vae):
             kernels.by_shape(model)  # on CPU, each 3x3 convolution by the algorithm fastest for its shape
         allocator.keep_freed_memory()  # activations reuse freed memory instead of faulting pages back in
@@ -179,12 +182,49 @@ class StableDiffusionPipeline:
         return self._offload.placed(module) if self._offload else contextlib.nullcontext()
 
     # -- steps ----------------------------------------------------------------------------------------
+    def load_textual_inversion(self, path: str | Path, token: str | None = None, *, allow_pickle: bool = False):
+        """A textual-inversion embedding (see `sumie.embeddings`), used wherever a prompt names it: `token`, else
+        the name the file carries, else its stem. As diffusers' method of this name, for both prompt syntaxes."""
+        return self.embeddings.load(path, token, allow_pickle=allow_pickle)
+
     @torch.no_grad()
-    def encode_prompt(self, prompts: list[str]) -> torch.Tensor:
-        """prompts -> (B, 77, D) last hidden states of the text encoder."""
-        with self._placed(self.text_encoder):
-            ids = self.tokenizer.encode(prompts).input_ids.to(self.execution_device)
-            return self.text_encoder(ids).last_hidden_state
+    def encode_prompt(self, prompt: str | list[str], negative_prompt: str | list[str] | None = None, *,
+                      prompt_syntax: str = "plain", clip_skip: int | None = None, num_images_per_prompt: int = 1,
+                      emphasis: str = "original") -> tuple[torch.Tensor, torch.Tensor]:
+        """-> (cond, uncond), each (B, 77 * k, D): the tensors the UNet receives, padded to the same k. uncond
+        encodes the negative prompt, or the empty one. With prompt editing, the first step's. In the plain
+        syntax the negative prompt takes no clip skip, as in diffusers; in the a1111 syntax both do, as in A1111."""
+        syntax.check_options(prompt_syntax, emphasis, clip_skip)
+        prompts = [prompt] if isinstance(prompt, str) else list(prompt)
+        negatives = self._negatives(negative_prompt, prompts) or [""] * len(prompts)
+        encode, encode_negative = self._encoders(prompt_syntax, clip_skip, emphasis)
+        tensors = syntax.pad_to_same_length([encode(p) for p in prompts] + [encode_negative(p) for p in negatives],
+                                            lambda: encode_negative(""))
+        cond, uncond = torch.cat(tensors[:len(prompts)]), torch.cat(tensors[len(prompts):])
+        return cond.repeat_interleave(num_images_per_prompt, 0), uncond.repeat_interleave(num_images_per_prompt, 0)
+
+    def _encoders(self, prompt_syntax: str, clip_skip: int | None, emphasis: str):
+        """(for prompts, for negative prompts): text -> (1, 77 * k, D), each distinct text encoded once. The
+        negative prompt's clip skip follows the syntax (see encode_prompt)."""
+        def encoder(skip: int | None):
+            cache: dict[str, torch.Tensor] = {}
+
+            def encode(text: str) -> torch.Tensor:
+                if text not in cache:
+                    with self._placed(self.text_encoder):
+                        cache[text] = syntax.encode(self.text_encoder, self.tokenizer, text, syntax=prompt_syntax,
+                                                    clip_skip=skip, emphasis=emphasis,
+                                                    embeddings=self.embeddings).to(self.execution_device)
+                return cache[text]
+            return encode
+        prompts = encoder(clip_skip)
+        return prompts, prompts if prompt_syntax == "a1111" else encoder(None)
+
+    @staticmethod
+    def _negatives(negative_prompt, prompts: list[str]) -> list[str] | None:
+        if negative_prompt is None:
+            return None
+        return [negative_prompt] * len(prompts) if isinstance(negative_prompt, str) else list(negative_prompt)
 
     def _check(self, prompts, negatives, height, width, steps, guidance, n, output_type) -> None:
         for name, v in (("height", height), ("width", width)):
@@ -211,11 +251,15 @@ class StableDiffusionPipeline:
                  num_inference_steps: int = 50, guidance_scale: float = 7.5, height: int | None = None,
                  width: int | None = None, num_images_per_prompt: int = 1, generator=None, seed: int | None = None,
                  scheduler: str | None = None, karras: bool | None = None, output_type: str = "pil",
-                 callback_on_step_end=None, latents: torch.Tensor | None = None, **diffusers_only) -> PipelineOutput:
+                 callback_on_step_end=None, latents: torch.Tensor | None = None, prompt_syntax: str = "plain",
+                 clip_skip: int | None = None, emphasis: str = "original", **diffusers_only) -> PipelineOutput:
+        """diffusers' arguments, and: `seed` (image i uses seed + i), `scheduler` (a sampler id), `karras`,
+        `prompt_syntax` ("plain": diffusers' reading; "a1111": emphasis, long prompts, BREAK, prompt editing;
+        see `sumie.prompts`), `clip_skip` (diffusers' meaning) and `emphasis` ("original" or "none")."""
         warn_unsupported(diffusers_only, DIFFUSERS_CALL_ARGS, "StableDiffusionPipeline()")
+        syntax.check_options(prompt_syntax, emphasis, clip_skip)
         prompts = [prompt] if isinstance(prompt, str) else list(prompt)
-        negatives = None if negative_prompt is None else (
-            [negative_prompt] * len(prompts) if isinstance(negative_prompt, str) else list(negative_prompt))
+        negatives = self._negatives(negative_prompt, prompts)
         native = self.unet.config.sample_size * self.vae_scale_factor
         height, width = native if height is None else height, native if width is None else width
         self._check(prompts, negatives, height, width, num_inference_steps, guidance_scale, num_images_per_prompt,
@@ -228,11 +272,18 @@ class StableDiffusionPipeline:
         if isinstance(generator, list) and len(generator) != batch:
             raise InputError(f"got {len(generator)} generators for a batch of {batch} images; pass one per image")
 
-        # 1. The text conditioning, and for guidance the negative (or empty) prompt's: (B, 77, D) each
+        # 1. The text conditioning of each image, and for guidance the negative (or empty) prompt's: per image
+        # [(last model call, (1, 77 * k, D))], one entry unless the prompt edits itself between steps
         guided = guidance_scale > 1
-        cond = self._encode(prompts).repeat_interleave(num_images_per_prompt, dim=0)
-        uncond = self._encode(negatives or [""] * len(prompts)).repeat_interleave(num_images_per_prompt, 0) \
-            if guided else None
+        encode, encode_negative = self._encoders(prompt_syntax, clip_skip, emphasis)
+        calls = num_inference_steps * SAMPLERS[sampling.sampler_id].order  # A1111 schedules by model calls
+
+        def per_image(texts: list[str], encode) -> list[list[tuple[int, torch.Tensor]]]:
+            each = [[(end, encode(text)) for end, text in syntax.steps_of(p, calls, prompt_syntax)] for p in texts]
+            return [entries for entries in each for _ in range(num_images_per_prompt)]
+        cond = per_image(prompts, encode)
+        uncond = per_image(negatives or [""] * len(prompts), encode_negative) if guided else None
+        call = 0  # model calls so far
 
         # 2. The starting noise (B, C, H/f, W/f): drawn on the CPU generator in float32, so a seed gives the same
         # image on any device, scaled to the sampler's first noise level
@@ -244,20 +295,28 @@ class StableDiffusionPipeline:
         # 3. Denoise: the sampler asks for the model's prediction at each step (see schedulers.protocol)
         unet = self.unet if self._compiled is None else self._compiled
 
-        def denoise(x_in: torch.Tensor, t, rows: slice) -> torch.Tensor:
+        def denoise(x_in: torch.Tensor, t, rows: range) -> torch.Tensor:
             """The guided prediction of noise (or v) for images `rows`: (b, C, h, w) -> (b, C, h, w) float32."""
             x_in, t = x_in.to(self.dtype), torch.as_tensor(t, device=x_in.device)  # a tensor t: no recompiles
+            context = [syntax.at_call(cond[i], call) for i in rows]
+            if guided:  # the negative prompts first, then the prompts: (2b, 77 * k, D)
+                context = [syntax.at_call(uncond[i], call) for i in rows] + context
+            context = torch.cat(syntax.pad_to_same_length(context, lambda: encode_negative("")))
             # a copy in float32: CUDA graphs (compile() on a GPU) overwrite their output at the next call
             if not guided:
-                return unet(x_in, t, encoder_hidden_states=cond[rows]).to(torch.float32, copy=True)
-            out_uncond, out_cond = unet(torch.cat([x_in, x_in]), t, encoder_hidden_states=torch.cat(
-                [uncond[rows], cond[rows]])).to(torch.float32, copy=True).chunk(2)
+                return unet(x_in, t, encoder_hidden_states=context).to(torch.float32, copy=True)
+            out_uncond, out_cond = unet(torch.cat([x_in, x_in]), t, encoder_hidden_states=context).to(
+                torch.float32, copy=True).chunk(2)
             return out_uncond + guidance_scale * (out_cond - out_uncond)
 
         def model(x_in: torch.Tensor, t) -> torch.Tensor:
+            nonlocal call
             if not self._one_at_a_time:
-                return denoise(x_in, t, slice(None))
-            return torch.cat([denoise(x_in[i:i + 1], t, slice(i, i + 1)) for i in range(len(x_in))])
+                out = denoise(x_in, t, range(len(x_in)))
+            else:
+                out = torch.cat([denoise(x_in[i:i + 1], t, range(i, i + 1)) for i in range(len(x_in))])
+            call += 1
+            return out
 
         x = self._sample(sampling, x, model, generator, callback_on_step_end)
 
@@ -274,16 +333,10 @@ class StableDiffusionPipeline:
 
     @property
     def _one_at_a_time(self) -> bool:
-        """On a CPU each image goes through the networks on its own, so that its numbers never depend on the
-        batch it is in (CPU kernels choose their blocking by the batch's size); a GPU takes the batch at once."""
+        """On a CPU each image goes through the UNet and the VAE on its own (and every text is encoded on its
+        own anywhere), so that its numbers never depend on the batch it is in (CPU kernels choose their
+        blocking by the batch's size); a GPU takes the batch at once."""
         return self.execution_device.type == "cpu"
-
-    def _encode(self, prompts: list[str]) -> torch.Tensor:
-        """encode_prompt, each distinct prompt on its own where `_one_at_a_time`: (B, 77, D)."""
-        if not self._one_at_a_time:
-            return self.encode_prompt(prompts)
-        encoded = {p: self.encode_prompt([p]) for p in dict.fromkeys(prompts)}
-        return torch.cat([encoded[p] for p in prompts])
 
     def _sample(self, sampling: Sampling, x: torch.Tensor, model, generator, callback_on_step_end) -> torch.Tensor:
         """Run the sampler from `x` with a progress bar, the step callback, and interruption."""

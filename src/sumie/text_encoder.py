@@ -37,10 +37,11 @@ class Embeddings(nn.Module):
         self.token_embedding = nn.Embedding(cfg.vocab_size, cfg.hidden_size)
         self.position_embedding = nn.Embedding(cfg.max_position_embeddings, cfg.hidden_size)
 
-    def forward(self, ids: torch.Tensor) -> torch.Tensor:
-        # ids: (B, T) -> (B, T, D)
+    def forward(self, ids: torch.Tensor, inputs_embeds: torch.Tensor | None = None) -> torch.Tensor:
+        # ids: (B, T) -> (B, T, D); inputs_embeds (B, T, D) in place of the token embeddings (textual inversion)
         positions = torch.arange(ids.shape[1], device=ids.device)
-        return self.token_embedding(ids) + self.position_embedding(positions)[None]
+        tokens = self.token_embedding(ids) if inputs_embeds is None else inputs_embeds
+        return tokens + self.position_embedding(positions)[None]
 
 
 class SelfAttention(nn.Module):
@@ -99,9 +100,10 @@ class CLIPTextModel(nn.Module):
         self.encoder = Encoder(config)
         self.final_layer_norm = nn.LayerNorm(config.hidden_size, eps=config.layer_norm_eps)
 
-    def forward(self, input_ids: torch.Tensor, output_hidden_states: bool = False) -> TextEncoderOutput:
-        # input_ids: (B, T) -> last_hidden_state (B, T, D)
-        x = self.embeddings(input_ids)
+    def forward(self, input_ids: torch.Tensor, output_hidden_states: bool = False,
+                inputs_embeds: torch.Tensor | None = None) -> TextEncoderOutput:
+        # input_ids: (B, T) -> last_hidden_state (B, T, D); inputs_embeds: (B, T, D) token embeddings to use instead
+        x = self.embeddings(input_ids, inputs_embeds)
         states = [x]
         for layer in self.encoder.layers:
             x = layer(x)

@@ -32,7 +32,7 @@ def txt2img_info(body: Txt2ImgRequest, *, seed: int, sampler_id: str, karras: bo
         "cfg_scale": body.cfg_scale, "steps": body.steps, "batch_size": body.batch_size, "n_iter": body.n_iter,
         "sd_model_name": engine.model_name, "sd_model_hash": engine.model_hash, "seed_resize_from_w": -1,
         "seed_resize_from_h": -1, "restore_faces": False, "index_of_first_image": 0, "infotexts": result["infotexts"],
-        "styles": [], "job_timestamp": time.strftime("%Y%m%d%H%M%S"), "clip_skip": 1,
+        "styles": [], "job_timestamp": time.strftime("%Y%m%d%H%M%S"), "clip_skip": body.clip_skip,
         "is_using_inpainting_conditioning": False, "version": f"sumie {__version__}", "interrupted": interrupted})
 
 
@@ -44,4 +44,15 @@ def sd_models(engine) -> list[dict]:
 def options(engine) -> dict:
     return {"sd_model_checkpoint": engine.title, "sd_checkpoint_hash": engine.model_hash, "samples_format": "png",
             "samples_save": engine.outdir is not None, "live_previews_enable": True, "show_progressbar": True,
-            "sumie_native_size": engine.native_size, "sumie_queue_size": engine.queue.maxsize}
+            "CLIP_stop_at_last_layers": 1, "sumie_native_size": engine.native_size,
+            "sumie_queue_size": engine.queue.maxsize}
+
+
+def embeddings(engine) -> dict:
+    """A1111's /embeddings: the usable ones with their shape, and the skipped ones."""
+    db = engine.pipe.embeddings
+    loaded = {name: {"step": e.step, "sd_checkpoint": None, "sd_checkpoint_name": None,
+                     "shape": e.vectors.shape[-1], "vectors": e.vectors.shape[0]} for name, e in db.loaded.items()}
+    skipped = {name: {"step": None, "sd_checkpoint": None, "sd_checkpoint_name": None, "shape": None,
+                      "vectors": None, "error": reason} for name, reason in db.skipped.items()}
+    return {"loaded": loaded, "skipped": skipped}

@@ -49,12 +49,16 @@ def _invalid(request: Request, exc: RequestValidationError):
 
 def serve(model: str, *, host: str = "127.0.0.1", port: int = 7860, outdir: str | None = None,
           api_key: str | None = None, api_auth: str | None = None, queue_size: int = 16,
-          device: str = "cpu", request_timeout: float = 600.0, warn=print) -> None:
-    """`sumie serve`: load `model`, then serve it with uvicorn until stopped."""
+          device: str = "cpu", request_timeout: float = 600.0, embeddings: str | Path | None = None,
+          allow_pickle: bool = False, warn=print) -> None:
+    """`sumie serve`: load `model` (and the textual-inversion embeddings in `embeddings`), then serve it with
+    uvicorn until stopped."""
     if host not in LOCAL_HOSTS and not (api_key or api_auth):
         warn(f"sumie: warning: serving on {host} with no --api-key: anyone who can reach this port can use it")
     pipe = StableDiffusionPipeline.from_pretrained(model).to(device)
     pipe.set_progress_bar_config(disable=True)
+    if embeddings is not None:
+        pipe.embeddings.load_dir(embeddings, allow_pickle=allow_pickle)
     name = tiny.NAME if model == tiny.NAME else Path(pipe.source).name
     app = create_app(pipe, model_name=name, model_hash=model_hash(pipe.source), outdir=outdir, api_key=api_key,
                      default_sampler=pipe.scheduler.sampler_id, api_auth=api_auth, queue_size=queue_size,

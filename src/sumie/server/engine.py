@@ -102,7 +102,8 @@ class Engine:
 
             out = self.pipe([r.prompt] * r.batch_size, negative_prompt=[r.negative_prompt] * r.batch_size,
                             num_inference_steps=r.steps, guidance_scale=r.cfg_scale, width=r.width, height=r.height,
-                            seed=first, scheduler=job.sampler_id, karras=job.karras, callback_on_step_end=on_step)
+                            seed=first, scheduler=job.sampler_id, karras=job.karras, callback_on_step_end=on_step,
+                            prompt_syntax="a1111", clip_skip=r.clip_skip - 1 or None)
             for k, image in enumerate(out.images):
                 seeds.append(first + k)
                 text = self.infotext(r, job, first + k)
@@ -121,7 +122,7 @@ class Engine:
     def infotext(self, r: Txt2ImgRequest, job: Job, seed: int) -> str:
         return infotext(r.prompt, r.negative_prompt, steps=r.steps, sampler_id=job.sampler_id, karras=job.karras,
                         cfg_scale=r.cfg_scale, seed=seed, width=r.width, height=r.height,
-                        model_hash=self.model_hash, model_name=self.model_name)
+                        model_hash=self.model_hash, model_name=self.model_name, clip_skip=r.clip_skip)
 
     def save(self, image: Image.Image, text: str, seed: int) -> None:
         """Under --outdir, in a folder per day, as HHMMSS-random-seed.png."""

@@ -34,6 +34,12 @@ class Txt2ImgRequest(BaseModel):
     n_iter: int = Field(1, ge=1, le=32)
     send_images: bool = True
     save_images: bool = False
+    override_settings: dict = Field(default_factory=dict)  # options for this request only (see `clip_skip`)
+
+    @property
+    def clip_skip(self) -> int:
+        """A1111's CLIP_stop_at_last_layers from override_settings: 1 is the last layer."""
+        return self.override_settings.get("CLIP_stop_at_last_layers", 1)
 
     @field_validator("sampler_name", "sampler_index")
     @classmethod
@@ -44,6 +50,14 @@ class Txt2ImgRequest(BaseModel):
             except InputError as e:
                 raise ValueError(str(e)) from None
         return name
+
+    @field_validator("override_settings")
+    @classmethod
+    def _known_clip_skip(cls, settings):
+        value = settings.get("CLIP_stop_at_last_layers", 1)
+        if not isinstance(value, int) or isinstance(value, bool) or not 1 <= value <= 12:
+            raise ValueError(f"CLIP_stop_at_last_layers must be a whole number from 1 to 12 (got {value!r})")
+        return settings
 
     @field_validator("scheduler")
     @classmethod

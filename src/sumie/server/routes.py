@@ -107,6 +107,11 @@ def options(engine: Engine = Depends(engine)):
     return a1111.options(engine)
 
 
+@router.get("/embeddings")
+def embeddings(engine: Engine = Depends(engine)):
+    return a1111.embeddings(engine)
+
+
 @router.get("/scripts")
 def scripts():
     return {"txt2img": [], "img2img": []}

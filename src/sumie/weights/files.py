@@ -103,16 +103,9 @@ def read_safetensors(path: str | Path) -> dict[str, torch.Tensor]:
     return out
 
 
-def read_checkpoint(path: str | Path, *, allow_pickle: bool = False) -> dict[str, torch.Tensor]:
-    """A single weights file -> {name: tensor}. safetensors are memory-mapped. Pickled files (.ckpt, .bin,
-    .pt, .pth) are refused unless `allow_pickle`, and then read with torch.load(weights_only=True) only."""
-    path = Path(path)
-    if not path.exists():
-        raise WeightsError(f"{path} does not exist")
-    if path.is_dir():
-        raise WeightsError(f"{path} is a folder; expected a weights file (.safetensors)")
-    if path.suffix.lower() not in PICKLE_SUFFIXES:
-        return read_safetensors(path)
+def read_pickle(path: Path, *, allow_pickle: bool = False):
+    """A pickled file's contents, only with `allow_pickle`, and then by torch.load(weights_only=True), which
+    builds tensors and plain containers and refuses anything else (nothing in the file is run)."""
     with open(path, "rb") as f:
         _refuse_lfs_pointer(path, f.read(len(LFS_POINTER)))
     if not allow_pickle:
@@ -125,12 +118,29 @@ def read_checkpoint(path: str | Path, *, allow_pickle: bool = False) -> dict[str
     try:
         with warnings.catch_warnings():
             warnings.simplefilter("ignore")  # torch's notes on pickle protocols
-            data = torch.load(path, map_location="cpu", weights_only=True)
+            return torch.load(path, map_location="cpu", weights_only=True)
     except (pickle.UnpicklingError, RuntimeError, EOFError, ValueError, OSError) as e:
         found = re.search(r"Unsupported (?:global|operand)[^\n]*", str(e))
         reason = found.group(0) if found else (str(e).strip().splitlines() or [type(e).__name__])[0][:160]
         raise WeightsError(f"{path} was refused: it is not a plain tensor pickle ({reason}); nothing in it was run") \
             from None
+
+
+def is_pickle(path: Path) -> bool:
+    return path.suffix.lower() in PICKLE_SUFFIXES
+
+
+def read_checkpoint(path: str | Path, *, allow_pickle: bool = False) -> dict[str, torch.Tensor]:
+    """A single weights file -> {name: tensor}. safetensors are memory-mapped. Pickled files (.ckpt, .bin,
+    .pt, .pth) are refused unless `allow_pickle` (see `read_pickle`)."""
+    path = Path(path)
+    if not path.exists():
+        raise WeightsError(f"{path} does not exist")
+    if path.is_dir():
+        raise WeightsError(f"{path} is a folder; expected a weights file (.safetensors)")
+    if not is_pickle(path):
+        return read_safetensors(path)
+    data = read_pickle(path, allow_pickle=allow_pickle)
     step = data.get("global_step") if isinstance(data, dict) else None
     data = data.get("state_dict", data) if isinstance(data, dict) else data
     if not isinstance(data, dict):
