@@ -177,6 +177,7 @@ def cmd_eval_tiny(args) -> int:
     device, _ = _device_and_dtype(args.device or "cpu", "float32")
     pipe = StableDiffusionPipeline.from_pretrained(args.model).to(device)
     pipe.set_progress_bar_config(disable=True)
+    pipe.batch_invariant = False  # whole batches: the judge needs no bit-identical images, and batches are faster
     steps, guidance = args.steps or tiny.STEPS, tiny.GUIDANCE if args.guidance is None else args.guidance
     with tqdm(total=args.n_train + args.n_held_out, desc="eval", disable=args.quiet) as bar:
         results, examples = evaluate(pipe, n_train=args.n_train, n_held_out=args.n_held_out, seed=args.seed,

@@ -83,6 +83,7 @@ class StableDiffusionPipeline:
         self._offload: Offload | None = None  # see enable_model_cpu_offload()
         self._band_budget: int | None = None  # elements per band, see enable_vae_tiling()
         self.embeddings = Embeddings(tokenizer, text_encoder.config.hidden_size)  # see load_textual_inversion()
+        self.batch_invariant: bool | None = None  # None: on a CPU (see _one_at_a_time)
         for model in (self.unet, self.vae):
             kernels.by_shape(model)  # on CPU, each 3x3 convolution by the algorithm fastest for its shape
         allocator.keep_freed_memory()  # activations reuse freed memory instead of faulting pages back in
@@ -333,10 +334,10 @@ class StableDiffusionPipeline:
 
     @property
     def _one_at_a_time(self) -> bool:
-        """On a CPU each image goes through the UNet and the VAE on its own (and every text is encoded on its
-        own anywhere), so that its numbers never depend on the batch it is in (CPU kernels choose their
-        blocking by the batch's size); a GPU takes the batch at once."""
-        return self.execution_device.type == "cpu"
+        """With `batch_invariant` (by default on a CPU) each image goes through the UNet and the VAE on its own
+        (every text is encoded on its own anyway), so that its numbers never depend on the batch it is in (CPU
+        kernels choose their blocking by the batch's size); otherwise the batch goes through at once."""
+        return self.execution_device.type == "cpu" if self.batch_invariant is None else self.batch_invariant
 
     def _sample(self, sampling: Sampling, x: torch.Tensor, model, generator, callback_on_step_end) -> torch.Tensor:
         """Run the sampler from `x` with a progress bar, the step callback, and interruption."""

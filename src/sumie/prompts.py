@@ -242,7 +242,7 @@ def chunks(tokenizer, runs: list[tuple[str, float]], embeddings=None,
     done: list[Chunk] = []
     chunk, last_comma = Chunk(), -1
 
-    def close() -> Chunk:
+    def close() -> None:
         nonlocal chunk, last_comma
         pad = CHUNK - len(chunk.tokens)
         chunk.tokens = [tokenizer.bos_token_id, *chunk.tokens, *[tokenizer.eos_token_id] * pad, tokenizer.eos_token_id]
@@ -250,10 +250,9 @@ def chunks(tokenizer, runs: list[tuple[str, float]], embeddings=None,
         chunk.vectors = [(offset + 1, v) for offset, v in chunk.vectors]
         done.append(chunk)
         chunk, last_comma = Chunk(), -1
-        return done[-1]
 
     texts = [text for text, _ in runs]
-    for ids, (text, weight) in zip(tokenizer.tokenize(texts), runs):
+    for ids, (_, weight) in zip(tokenizer.tokenize(texts), runs):
         if weight == -1:  # BREAK
             close()
             continue
