@@ -22,6 +22,7 @@ from tqdm.auto import tqdm
 from . import prompts as syntax
 from .embeddings import Embeddings
 from .errors import InputError, NumericalError
+from .lora import LoRAs
 from .schedulers import SAMPLERS, Sampling, randn, run
 from .schedulers.adapter import FrozenConfig, Scheduler
 from .speed import allocator, kernels
@@ -34,8 +35,7 @@ MAX_IMAGES = 64
 # Arguments diffusers' pipelines take that sumie does not implement, with the value that means "not used":
 # given any other value, they are ignored with a warning that names them.
 DIFFUSERS_CALL_ARGS = {
-    "eta": 0.0, "prompt_embeds": None, "negative_prompt_embeds": None, "cross_attention_kwargs": None,
-    "guidance_rescale": 0.0, "callback": None, "callback_steps": 1, "return_dict": True,
+    "eta": 0.0, "prompt_embeds": None, "negative_prompt_embeds": None, "guidance_rescale": 0.0, "callback": None, "callback_steps": 1, "return_dict": True,
     "timesteps": None, "sigmas": None, "ip_adapter_image": None, "ip_adapter_image_embeds": None,
     "callback_on_step_end_tensor_inputs": ["latents"]}
 DIFFUSERS_LOAD_ARGS = {
@@ -54,6 +54,11 @@ def warn_unsupported(given: dict, known: dict, where: str) -> None:
         default = known[name]
         if value is not default and not (type(value) is type(default) and value == default):
             warnings.warn(f"{where}: {name}={value!r} is not implemented by sumie and is ignored", stacklevel=3)
+
+
+GENERATE_ARGS = ("prompt", "negative_prompt", "num_inference_steps", "guidance_scale", "height", "width",
+                 "num_images_per_prompt", "generator", "seed", "scheduler", "karras", "output_type",
+                 "callback_on_step_end", "latents", "prompt_syntax", "clip_skip", "emphasis")
 
 
 class _Interrupted(Exception):
@@ -84,6 +89,7 @@ class StableDiffusionPipeline:
         self._band_budget: int | None = None  # elements per band, see enable_vae_tiling()
         self.embeddings = Embeddings(tokenizer, text_encoder.config.hidden_size)  # see load_textual_inversion()
         self.batch_invariant: bool | None = None  # None: on a CPU (see _one_at_a_time)
+        self.loras = LoRAs({"unet": unet, "text_encoder": text_encoder})  # see load_lora_weights()
         for model in (self.unet, self.vae):
             kernels.by_shape(model)  # on CPU, each 3x3 convolution by the algorithm fastest for its shape
         allocator.keep_freed_memory()  # activations reuse freed memory instead of faulting pages back in
@@ -188,6 +194,41 @@ class StableDiffusionPipeline:
         the name the file carries, else its stem. As diffusers' method of this name, for both prompt syntaxes."""
         return self.embeddings.load(path, token, allow_pickle=allow_pickle)
 
+    # -- LoRA and LyCORIS (diffusers' names; see sumie.lora) ----------------------------------------------
+    def load_lora_weights(self, path: str | Path, adapter_name: str | None = None, weight_name: str | None = None,
+                          *, allow_pickle: bool = False) -> None:
+        """A LoRA / LyCORIS file (or `weight_name` in a folder), active at weight 1 beside those already loaded.
+        Its name is `adapter_name`, else the file's stem."""
+        path = Path(path)
+        if path.is_dir():
+            found = [path / weight_name] if weight_name else sorted(path.glob("*.safetensors"))
+            if len(found) != 1:
+                raise InputError(f"{path} holds {len(found)} .safetensors files; name one with weight_name=")
+            path = found[0]
+        self.loras.load(path, adapter_name, allow_pickle=allow_pickle)
+
+    def set_adapters(self, adapter_names: str | list[str], adapter_weights: float | list[float] | None = None) -> None:
+        """Make exactly these adapters active, at these weights (default 1 each)."""
+        names = [adapter_names] if isinstance(adapter_names, str) else list(adapter_names)
+        weights = adapter_weights if isinstance(adapter_weights, list) else [
+            1.0 if adapter_weights is None else adapter_weights] * len(names)
+        self.loras.set_active(dict(zip(names, weights)))
+
+    def get_active_adapters(self) -> list[str]:
+        return list(self.loras.active)
+
+    def fuse_lora(self, lora_scale: float = 1.0) -> None:
+        """The active adapters at `lora_scale`. A LoRA here is always in the weights, so it costs nothing per step."""
+        self.loras.apply(lora_scale)
+
+    def unfuse_lora(self) -> None:
+        """Back to scale 1, as diffusers' unfused adapters; the original weights are untouched either way."""
+        self.loras.apply(1.0)
+
+    def unload_lora_weights(self) -> None:
+        """Every LoRA removed: each weight is again the original tensor, bit for bit."""
+        self.loras.unload()
+
     @torch.no_grad()
     def encode_prompt(self, prompt: str | list[str], negative_prompt: str | list[str] | None = None, *,
                       prompt_syntax: str = "plain", clip_skip: int | None = None, num_images_per_prompt: int = 1,
@@ -253,11 +294,22 @@ class StableDiffusionPipeline:
                  width: int | None = None, num_images_per_prompt: int = 1, generator=None, seed: int | None = None,
                  scheduler: str | None = None, karras: bool | None = None, output_type: str = "pil",
                  callback_on_step_end=None, latents: torch.Tensor | None = None, prompt_syntax: str = "plain",
-                 clip_skip: int | None = None, emphasis: str = "original", **diffusers_only) -> PipelineOutput:
+                 clip_skip: int | None = None, emphasis: str = "original", cross_attention_kwargs: dict | None = None,
+                 **diffusers_only) -> PipelineOutput:
         """diffusers' arguments, and: `seed` (image i uses seed + i), `scheduler` (a sampler id), `karras`,
         `prompt_syntax` ("plain": diffusers' reading; "a1111": emphasis, long prompts, BREAK, prompt editing;
-        see `sumie.prompts`), `clip_skip` (diffusers' meaning) and `emphasis` ("original" or "none")."""
-        warn_unsupported(diffusers_only, DIFFUSERS_CALL_ARGS, "StableDiffusionPipeline()")
+        see `sumie.prompts`), `clip_skip` (diffusers' meaning) and `emphasis` ("original" or "none").
+        cross_attention_kwargs={"scale": s} applies the LoRAs at scale s for this call."""
+        extra = dict(cross_attention_kwargs or {})
+        scale = extra.pop("scale", None)
+        warn_unsupported({**diffusers_only, **({"cross_attention_kwargs": extra} if extra else {})},
+                         {**DIFFUSERS_CALL_ARGS, "cross_attention_kwargs": {}}, "StableDiffusionPipeline()")
+        with self.loras.scaled(scale):
+            return self._generate(**{k: v for k, v in locals().items() if k in GENERATE_ARGS})
+
+    def _generate(self, *, prompt, negative_prompt, num_inference_steps, guidance_scale, height, width,
+                  num_images_per_prompt, generator, seed, scheduler, karras, output_type, callback_on_step_end,
+                  latents, prompt_syntax, clip_skip, emphasis) -> PipelineOutput:
         syntax.check_options(prompt_syntax, emphasis, clip_skip)
         prompts = [prompt] if isinstance(prompt, str) else list(prompt)
         negatives = self._negatives(negative_prompt, prompts)
