@@ -1,11 +1,24 @@
 """`lora`: LoRA and LyCORIS files applied as diffusers + peft apply them, strictly, and removed exactly."""
 
+import base64
+import hashlib
+import io
+import json
+import struct
+import subprocess
+import sys
+
+import httpx
 import numpy as np
 import pytest
 import torch
-from safetensors.torch import save_file
+from PIL import Image
+from safetensors.torch import load_file, save_file
+from server_util import Server
 
 from sumie.errors import InputError
+from sumie.images import parse_parameters, read_parameters
+from sumie.lora import Library, prompt_tags, short_hash
 from sumie.pipeline import StableDiffusionPipeline
 
 RANK, ALPHA = 4, 2.0
@@ -57,19 +70,26 @@ def pipe(sd1_folder):
     return p
 
 
+@pytest.mark.parametrize("kind", ["sd1", "sd2"])
 @pytest.mark.parametrize("fmt", ["kohya", "peft"])
-def test_a_lora_changes_the_weights_as_diffusers_and_peft_do(pipe, sd1_folder, tmp_path, fmt):
-    """Kohya's names for the UNet's layers (diffusers 0.42 cannot convert a Kohya text-encoder LoRA under
-    transformers 5: its rule is checked below against the definition), diffusers/PEFT's for both networks."""
+@pytest.mark.parametrize("scale", [1.0, 0.5])
+def test_a_lora_changes_the_weights_as_diffusers_and_peft_do(sd1_folder, sd2_folder, tmp_path, kind, fmt, scale):
+    """Linear layers, a 1x1 convolution (SD 2: a linear proj_in) and a 3x3 one (LoCon), at two scales. Kohya's
+    names for the UNet's layers (diffusers 0.42 cannot convert a Kohya text-encoder LoRA under transformers 5: its
+    rule is checked below against the definition), diffusers/PEFT's for both networks."""
     import diffusers
+    folder = {"sd1": sd1_folder, "sd2": sd2_folder}[kind]
+    pipe = StableDiffusionPipeline.from_pretrained(folder)
+    pipe.set_progress_bar_config(disable=True)
     layers = [l for l in LAYERS if fmt == "peft" or l[0] == "unet"]
     path = write_lora(pipe, tmp_path / f"{fmt}.safetensors", fmt, layers)
     base = {name: weights(getattr(pipe, name)) for name in ("unet", "text_encoder")}
     pipe.load_lora_weights(path)
-    theirs = diffusers.StableDiffusionPipeline.from_pretrained(sd1_folder, safety_checker=None)
+    pipe.fuse_lora(lora_scale=scale)
+    theirs = diffusers.StableDiffusionPipeline.from_pretrained(folder, safety_checker=None)
     theirs.set_progress_bar_config(disable=True)
     theirs.load_lora_weights(str(path))
-    theirs.fuse_lora()
+    theirs.fuse_lora(lora_scale=scale)
     theirs.unload_lora_weights()  # keeps the fused weights
     for name in ("unet", "text_encoder"):
         ours, ref = weights(getattr(pipe, name)), weights(getattr(theirs, name))
@@ -103,6 +123,21 @@ def test_the_text_encoder_update_and_its_scale(pipe, tmp_path):
     assert torch.equal(module.weight, w0) and pipe.get_active_adapters() == []
 
 
+def test_kohya_names_in_the_original_layout_name_the_same_layers(pipe, tmp_path):
+    from sumie.weights.original import original_names
+    path = write_lora(pipe, tmp_path / "d.safetensors", "kohya", [l for l in LAYERS if l[0] == "unet"])
+    theirs = original_names("unet", pipe.unet.config, [f"{name}.weight" for _, name, _ in LAYERS])
+    rename = {"lora_unet_" + name.replace(".", "_"): "lora_unet_" + theirs[f"{name}.weight"][:-7].replace(".", "_")
+              for _, name, _ in LAYERS}
+    state = load_file(path)
+    save_file({rename[k.split(".")[0]] + k[len(k.split(".")[0]):]: v for k, v in state.items()}, tmp_path / "o.safetensors")
+    pipe.load_lora_weights(path, adapter_name="d")
+    diffusers_named = weights(pipe.unet)
+    pipe.unload_lora_weights()
+    pipe.load_lora_weights(tmp_path / "o.safetensors")
+    assert all(torch.equal(v, diffusers_named[k]) for k, v in weights(pipe.unet).items())
+
+
 def test_loading_and_unloading_a_hundred_times_leaves_every_weight_bit_identical(pipe, tmp_path):
     paths = [write_lora(pipe, tmp_path / f"{i}.safetensors", "kohya", seed=i) for i in range(2)]
     before = {name: weights(getattr(pipe, name)) for name in ("unet", "text_encoder")}
@@ -112,6 +147,9 @@ def test_loading_and_unloading_a_hundred_times_leaves_every_weight_bit_identical
         if i % 3 == 0:
             pipe.load_lora_weights(paths[(i + 1) % 2], adapter_name="b")
             pipe.set_adapters(["a", "b"], [0.7, 1.3])
+        if i % 2 == 0:
+            pipe.fuse_lora(lora_scale=0.8)
+            pipe.unfuse_lora()
         pipe.unload_lora_weights()
     for name, state in before.items():
         after = weights(getattr(pipe, name))
@@ -200,3 +238,127 @@ def test_locon_loha_and_lokr_follow_their_definitions(pipe, tmp_path):
     w2 = k2a @ k2b  # (8, 16); dW's block (i, j) is k1[i, j] * w2
     blocks = torch.cat([torch.cat([k1[i, j] * w2 for j in range(8)], 1) for i in range(4)], 0)
     assert torch.allclose(ff.weight, w[ff] + blocks * 8.0 / RANK, atol=1e-5)
+    image = pipe("a red circle", num_inference_steps=2, seed=0, output_type="np").images  # end to end
+    pipe.unload_lora_weights()
+    plain = pipe("a red circle", num_inference_steps=2, seed=0, output_type="np").images
+    assert np.isfinite(image).all() and np.abs(image - plain).max() * 255 >= 1
+
+
+@pytest.mark.parametrize("prompt,text,tags", [  # A1111's forms of the tag
+    ("a cat <lora:pop:0.5>", "a cat ", [("pop", 0.5, 0.5)]),
+    ("<lora:pop>a cat", "a cat", [("pop", 1.0, 1.0)]),
+    ("a <lora:pop:1:0.3> cat", "a  cat", [("pop", 1.0, 0.3)]),
+    ("<lora:pop:te=0.2:unet=0.7>", "", [("pop", 0.2, 0.7)]),
+    ("<lyco:old:0.8>, <lora:b:-1>", ", ", [("old", 0.8, 0.8), ("b", -1.0, -1.0)]),
+    ("a <cat> and <dog:1>", "a <cat> and <dog:1>", []),  # other tags are text
+])
+def test_prompt_tags(prompt, text, tags):
+    assert prompt_tags(prompt) == (text, tags)
+
+
+def test_a_prompt_tag_applies_its_lora_for_that_call_only(pipe, tmp_path):
+    folder = tmp_path / "loras"
+    (folder / "styles").mkdir(parents=True)
+    write_lora(pipe, folder / "styles" / "pop_art.safetensors", "kohya")
+    kw = dict(num_inference_steps=2, seed=0, output_type="latent", prompt_syntax="a1111")
+    base = {name: weights(getattr(pipe, name)) for name in ("unet", "text_encoder")}
+    plain = pipe("a red circle", **kw).images
+    with pytest.raises(InputError, match="no LoRA folder is set: pass --lora-dir"):
+        pipe("a red circle <lora:pop_art:0.6>", **kw)
+    pipe.lora_library = Library(folder)
+    tagged = pipe("a red circle <lora:pop_art:0.6:0.9>", **kw).images
+    for name, state in base.items():  # nothing leaks into the next call
+        assert all(torch.equal(v, state[k]) for k, v in weights(getattr(pipe, name)).items()), name
+    pipe.load_lora_weights(folder / "styles" / "pop_art.safetensors")
+    pipe.loras.set_active({"pop_art": (0.6, 0.9)})
+    assert torch.equal(tagged, pipe("a red circle", **kw).images) and not torch.equal(tagged, plain)
+    with pytest.raises(InputError, match="no LoRA named 'pop_arts'.*did you mean pop_art"):
+        pipe("<lora:pop_arts:1> a red circle", **kw)
+
+
+def test_lora_hashes_are_a1111s_and_the_cli_writes_and_reads_them(sd1_folder, pipe, tmp_path):
+    (tmp_path / "loras").mkdir()
+    path = write_lora(pipe, tmp_path / "loras" / "pop.safetensors", "kohya")
+    raw = path.read_bytes()
+    (n,) = struct.unpack("<Q", raw[:8])
+    assert short_hash(path) == hashlib.sha256(raw[8 + n:]).hexdigest()[:12]  # the data, not the header
+    out = tmp_path / "out"
+    run = lambda *a: subprocess.run([sys.executable, "-m", "sumie.cli", "generate", *map(str, a), "--model",
+                                     str(sd1_folder), "--outdir", str(out), "--steps", "2", "--quiet"],
+                                    capture_output=True, text=True, timeout=120)
+    r = run("a cat <lora:pop:0.7>", "--seed", 3)
+    assert r.returncode == 0, r.stderr  # loras/ beside the output folder is the default --lora-dir
+    meta = parse_parameters(read_parameters(r.stdout.strip()))
+    assert meta["Lora hashes"] == f"pop: {short_hash(path)}" and meta["Prompt"] == "a cat <lora:pop:0.7>"
+    again = run("--params-from", r.stdout.strip())
+    assert np.array_equal(np.asarray(Image.open(again.stdout.strip())), np.asarray(Image.open(r.stdout.strip())))
+    bad = run("a cat <lora:poop:1>")
+    assert bad.returncode == 2 and "did you mean pop" in bad.stderr and len(bad.stderr.strip().splitlines()) == 1
+
+
+def test_server_lists_loras_applies_tags_per_job_and_refreshes(sd1_folder, pipe, tmp_path):
+    folder = tmp_path / "loras"
+    folder.mkdir()
+    path = write_lora(pipe, folder / "pop.safetensors", "kohya")
+    save_file(load_file(path), folder / "meta.safetensors", metadata={"ss_network_dim": "4", "ss_base_model_version": "sd_v1"})
+    s = Server("--model", sd1_folder, "--lora-dir", folder)
+    try:
+        listed = {item["name"]: item for item in httpx.get(s.url + "/sdapi/v1/loras").json()}
+        assert set(listed) == {"pop", "meta"} and listed["meta"]["metadata"]["ss_network_dim"] == "4"
+        body = {"prompt": "a red circle", "steps": 2, "width": 32, "height": 32, "seed": 1}
+        post = lambda b: httpx.post(s.url + "/sdapi/v1/txt2img", json=b, timeout=60)
+        image = lambda r: Image.open(io.BytesIO(base64.b64decode(r.json()["images"][0]))).tobytes()
+        plain = post(body)
+        tagged = post({**body, "prompt": "a red circle <lora:pop:1>"})
+        after = post(body)
+        assert image(after) == image(plain) != image(tagged)  # the job's LoRA did not leak into the next job
+        assert "Lora hashes" in json.loads(tagged.json()["info"])["infotexts"][0]
+        missing = post({**body, "prompt": "<lora:new:1> a red circle"})
+        assert missing.status_code == 422 and "no LoRA named 'new'" in missing.text
+        write_lora(pipe, folder / "new.safetensors", "kohya", seed=5)
+        assert httpx.post(s.url + "/sdapi/v1/refresh-loras").status_code == 200
+        assert post({**body, "prompt": "<lora:new:1> a red circle"}).status_code == 200
+    finally:
+        s.stop()
+
+
+def bad_loras(folder, pipe, sd2_folder):
+    """name -> words its refusal must hold: a file for the other model family, a truncated one, one that is no
+    LoRA, a pickle, one with NaN weights."""
+    folder.mkdir(exist_ok=True)
+    other = StableDiffusionPipeline.from_pretrained(sd2_folder)
+    write_lora(other, folder / "sd2.safetensors", "kohya", [l for l in LAYERS if "attn2" in l[1]])
+    good = write_lora(pipe, folder / "good.safetensors", "kohya")
+    (folder / "cut.safetensors").write_bytes(good.read_bytes()[:300])
+    save_file({"emb_params": torch.zeros(1, 32)}, folder / "notalora.safetensors")
+    torch.save(load_file(good), folder / "pickled.pt")
+    state = load_file(good)
+    state[next(k for k in state if k.endswith("lora_down.weight"))][0] = float("nan")
+    save_file(state, folder / "nan.safetensors")
+    return {"sd2": "made for another model", "cut": "truncated", "notalora": "name no layer of this model",
+            "pickled": "--allow-pickle", "nan": "NaN", "missing": "no LoRA named 'missing'"}
+
+
+def test_bad_loras_are_refused_in_one_line_with_nothing_applied(sd1_folder, sd2_folder, pipe, tmp_path):
+    cases = bad_loras(tmp_path / "loras", pipe, sd2_folder)
+    pipe.lora_library = Library(tmp_path / "loras")
+    base = weights(pipe.unet)
+    for name, words in cases.items():
+        with pytest.raises(Exception, match=words.replace("-", r"\-")):
+            pipe(f"a cat <lora:good:1> <lora:{name}:1>", num_inference_steps=1, output_type="latent",
+                 prompt_syntax="a1111")
+        assert all(torch.equal(v, base[k]) for k, v in weights(pipe.unet).items()), name
+    out = tmp_path / "out"
+    for name, words in cases.items():
+        r = subprocess.run([sys.executable, "-m", "sumie.cli", "generate", f"a cat <lora:{name}:1>", "--model",
+                            str(sd1_folder), "--outdir", str(out), "--steps", "1", "--quiet"],
+                           capture_output=True, text=True, timeout=120)
+        assert r.returncode == 2 and len(r.stderr.strip().splitlines()) == 1 and words in r.stderr, (name, r.stderr)
+    s = Server("--model", sd1_folder, "--lora-dir", tmp_path / "loras")
+    try:
+        for name, words in cases.items():
+            r = httpx.post(s.url + "/sdapi/v1/txt2img", json={"prompt": f"<lora:{name}:1>", "steps": 1, "width": 32,
+                                                              "height": 32}, timeout=60)
+            assert r.status_code == 422 and words in r.json()["detail"], (name, r.text)
+    finally:
+        s.stop()

@@ -87,6 +87,7 @@ def next_index(outdir: Path) -> int:
 def cmd_generate(args) -> int:
     from . import tiny
     from .images import image_grid, infotext
+    from .lora import Library
     from .pipeline import StableDiffusionPipeline
     from .schedulers import spec_for
     from .weights import model_hash
@@ -116,9 +117,12 @@ def cmd_generate(args) -> int:
     scheduler = settings.get("scheduler", pipe.scheduler.sampler_id)
     spec_for(scheduler)
     outdir = Path(settings.get("outdir", "outputs"))
-    folder = embeddings_folder(settings.get("embeddings"), outdir)
+    folder = folder_beside(settings.get("embeddings"), outdir, "embeddings")
     if folder is not None:
         pipe.embeddings.load_dir(folder, allow_pickle=args.allow_pickle)
+    folder = folder_beside(settings.get("lora_dir"), outdir, "loras")
+    if folder is not None:
+        pipe.lora_library = Library(folder, allow_pickle=args.allow_pickle)
     outdir.mkdir(parents=True, exist_ok=True)
     model_name, hash_ = tiny.NAME if embedded else Path(pipe.source).name, model_hash(pipe.source)
 
@@ -132,7 +136,9 @@ def cmd_generate(args) -> int:
         text = infotext(settings["prompt"], settings["negative_prompt"], steps=settings["steps"], sampler_id=scheduler,
                         karras=settings["karras"], cfg_scale=settings["guidance"], seed=seed + i, width=image.width,
                         height=image.height, model_hash=hash_, model_name=model_name, clip_skip=settings["clip_skip"],
-                        emphasis=settings["emphasis"], prompt_syntax=settings["prompt_syntax"])
+                        emphasis=settings["emphasis"], prompt_syntax=settings["prompt_syntax"],
+                        lora_hashes=pipe.lora_library.hashes_text(settings["prompt"]) if pipe.lora_library and
+                        settings["prompt_syntax"] == "a1111" else None)
         print(_save_numbered(outdir, f"{seed + i}", image, text), flush=True)
         images.append((image, text))
     if args.grid and len(images) > 1:
@@ -141,11 +147,11 @@ def cmd_generate(args) -> int:
     return 0
 
 
-def embeddings_folder(given: str | None, outdir: str | Path | None) -> Path | None:
-    """--embeddings DIR, else `embeddings/` beside the output folder when there is one."""
+def folder_beside(given: str | None, outdir: str | Path | None, name: str) -> Path | None:
+    """The folder given (--embeddings, --lora-dir), else `name/` beside the output folder when there is one."""
     if given is not None:
         return Path(given)
-    beside = Path(outdir).resolve().parent / "embeddings" if outdir else None
+    beside = Path(outdir).resolve().parent / name if outdir else None
     return beside if beside is not None and beside.is_dir() else None
 
 
@@ -206,7 +212,8 @@ def cmd_serve(args) -> int:
     device, _ = _device_and_dtype(args.device or "cpu", "float32")
     serve(args.model or tiny.NAME, host=args.host, port=args.port, outdir=args.outdir, api_key=args.api_key,
           api_auth=args.api_auth, queue_size=args.queue_size, device=str(device), request_timeout=args.timeout,
-          embeddings=embeddings_folder(args.embeddings, args.outdir), allow_pickle=args.allow_pickle, warn=lambda text: print(text, file=sys.stderr))
+          embeddings=folder_beside(args.embeddings, args.outdir, "embeddings"), allow_pickle=args.allow_pickle,
+          lora_dir=folder_beside(args.lora_dir, args.outdir, "loras"), warn=lambda text: print(text, file=sys.stderr))
     return 0
 
 
@@ -266,6 +273,8 @@ def build_parser() -> argparse.ArgumentParser:
     g.add_argument("--emphasis", choices=["original", "none"], help="how (word:1.2) weights apply (default original)")
     g.add_argument("--embeddings", metavar="DIR", help="textual-inversion embeddings, each usable in a prompt by its "
                                                        "file name (default: embeddings/ beside the output folder)")
+    g.add_argument("--lora-dir", dest="lora_dir", metavar="DIR",
+                   help="LoRA files that <lora:NAME:WEIGHT> in a prompt names (default: loras/ beside the output folder)")
     g.add_argument("--params-from", dest="params_from", metavar="IMAGE.png",
                    help="re-create an image from its stored parameters; other options override them")
     g.add_argument("--quiet", action="store_true", help="no progress bar")
@@ -304,8 +313,10 @@ def build_parser() -> argparse.ArgumentParser:
     sv.add_argument("--device", help="cpu (default), cuda, mps")
     sv.add_argument("--embeddings", metavar="DIR", help="textual-inversion embeddings, each usable in a prompt by "
                                                         "its file name (default: embeddings/ beside --outdir)")
+    sv.add_argument("--lora-dir", dest="lora_dir", metavar="DIR",
+                    help="LoRA files that <lora:NAME:WEIGHT> in a prompt names (default: loras/ beside --outdir)")
     sv.add_argument("--allow-pickle", dest="allow_pickle", action="store_true",
-                    help="allow .pt/.bin embeddings (tensors only, via torch.load(weights_only=True))")
+                    help="allow .pt/.bin embeddings and LoRAs (tensors only, via torch.load(weights_only=True))")
     sv.set_defaults(func=cmd_serve)
 
     e = sub.add_parser("eval-tiny", help="score sumie-tiny (or another tiny-world model) by image analysis")

@@ -57,7 +57,7 @@ def format_parameters(prompt: str, negative_prompt: str = "", **fields) -> str:
 
 def infotext(prompt: str, negative_prompt: str, *, steps: int, sampler_id: str, karras: bool, cfg_scale: float,
              seed: int, width: int, height: int, model_hash: str, model_name: str, clip_skip: int = 1,
-             emphasis: str = "original", prompt_syntax: str = "a1111") -> str:
+             emphasis: str = "original", prompt_syntax: str = "a1111", lora_hashes: str | None = None) -> str:
     """The A1111 `parameters` text of one generated image, as the CLI and the server write it. `clip_skip` is
     A1111's count (1: the last layer) and, like a non-default emphasis, is written only when it changes the
     image, as A1111 does; "Prompt syntax: plain" marks a prompt read as plain text (sumie's key)."""
@@ -67,7 +67,7 @@ def infotext(prompt: str, negative_prompt: str, *, steps: int, sampler_id: str, 
                              Clip_skip=clip_skip if clip_skip > 1 else None,
                              Emphasis="None" if emphasis == "none" else None,
                              Prompt_syntax="plain" if prompt_syntax == "plain" else None,
-                             Version=f"sumie {__version__}")
+                             Lora_hashes=lora_hashes, Version=f"sumie {__version__}")
 
 
 def parse_parameters(text: str) -> dict[str, str]:

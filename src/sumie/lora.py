@@ -23,7 +23,11 @@ that was there, bit for bit, and no second copy of the model is held.
 from __future__ import annotations
 
 import contextlib
+import difflib
+import hashlib
+import json
 import re
+import struct
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -31,7 +35,8 @@ import torch
 from torch import nn
 
 from .errors import InputError
-from .weights.files import is_pickle, read_pickle, read_safetensors
+from .weights.files import PICKLE_SUFFIXES, is_pickle, read_pickle, read_safetensors
+from .weights.original import original_names
 
 SUFFIXES = ("lora_down.weight", "lora_up.weight", "lora_mid.weight", "lora_A.weight", "lora_B.weight", "alpha",
             "hada_w1_a", "hada_w1_b", "hada_w2_a", "hada_w2_b", "hada_t1", "hada_t2", "lokr_w1", "lokr_w1_a",
@@ -113,6 +118,12 @@ def layer_names(models: dict[str, nn.Module]) -> dict[str, tuple[str, str]]:
             if isinstance(m, (nn.Linear, nn.Conv2d)):
                 names[kohya + (inner + name).replace(".", "_")] = (component, name)
                 names[diffusers + inner + name] = (component, name)
+    if "unet" in models:  # Kohya's names in the original layout (lora_unet_input_blocks_1_1_proj_in), as A1111 reads
+        unet = models["unet"]
+        keys = [n + ".weight" for n, m in unet.named_modules() if isinstance(m, (nn.Linear, nn.Conv2d))]
+        for ours, theirs in original_names("unet", unet.config, keys).items():
+            names.setdefault("lora_unet_" + theirs.removesuffix(".weight").replace(".", "_"),
+                             ("unet", ours.removesuffix(".weight")))
     return names
 
 
@@ -146,8 +157,13 @@ def parse(state: dict[str, torch.Tensor], models: dict[str, nn.Module], source: 
                          f"{', ...' if len(unknown) > 4 else ''}); it seems made for {_made_for(state)}")
     if not updates:
         raise InputError(f"{source} holds no LoRA weights")
-    for (component, module), update in updates.items():
-        update.delta(models[component].get_submodule(module).weight.shape)  # shape check now, before any change
+    broken = [k for k, t in state.items() if t.is_floating_point() and not torch.isfinite(t).all()]
+    if broken:
+        raise InputError(f"{source} has NaN or infinite values in {len(broken)} tensors ({', '.join(broken[:3])}); "
+                         f"the file is damaged")
+    for (component, module), update in updates.items():  # each shape checked now, before any change, on meta tensors
+        shapes_only = {k: v if v.ndim == 0 else v.to("meta") for k, v in update.tensors.items()}
+        Update(component, module, shapes_only).delta(models[component].get_submodule(module).weight.shape)
     return updates
 
 
@@ -157,7 +173,7 @@ class LoRAs:
     def __init__(self, models: dict[str, nn.Module]):
         self.models = models
         self.adapters: dict[str, dict[tuple[str, str], Update]] = {}
-        self.active: dict[str, float] = {}
+        self.active: dict[str, tuple[float, float]] = {}  # name -> (text encoder, UNet) multipliers
         self.originals: dict[tuple[str, str], torch.Tensor] = {}
         self.scale = 1.0  # the applied extra multiplier (fuse_lora's lora_scale, or one call's scale)
 
@@ -167,15 +183,16 @@ class LoRAs:
         if name in self.adapters:
             raise InputError(f"a LoRA named {name!r} is already loaded; give another adapter_name or unload it")
         self.adapters[name] = parse(read_lora(path, allow_pickle=allow_pickle), self.models, str(path))
-        self.active[name] = 1.0
+        self.active[name] = (1.0, 1.0)
         self.apply()
         return name
 
-    def set_active(self, weights: dict[str, float]) -> None:
+    def set_active(self, weights: dict[str, float | tuple[float, float]]) -> None:
+        """Exactly these adapters, each at a multiplier, or at (text encoder, UNet) multipliers."""
         missing = [n for n in weights if n not in self.adapters]
         if missing:
             raise InputError(f"no LoRA named {missing[0]!r} is loaded (loaded: {', '.join(self.adapters) or 'none'})")
-        self.active = dict(weights)
+        self.active = {n: w if isinstance(w, tuple) else (w, w) for n, w in weights.items()}
         self.apply()
 
     def restore(self) -> None:
@@ -189,9 +206,10 @@ class LoRAs:
         self.scale = self.scale if scale is None else scale
         self.restore()
         layers: dict[tuple[str, str], list[tuple[float, Update]]] = {}
-        for name, weight in self.active.items():
+        for name, (te, unet) in self.active.items():
             for target, update in self.adapters[name].items():
-                layers.setdefault(target, []).append((weight * self.scale, update))
+                layers.setdefault(target, []).append(((te if target[0] == "text_encoder" else unet) * self.scale,
+                                                      update))
         with torch.no_grad():
             for (component, module), parts in layers.items():
                 param = self.models[component].get_submodule(module).weight
@@ -213,8 +231,114 @@ class LoRAs:
         finally:
             self.apply(before)
 
+    @contextlib.contextmanager
+    def added(self, paths: list[tuple[str, Path, float, float]], *, allow_pickle: bool = False):
+        """These (name, file, text encoder multiplier, UNet multiplier) beside the active adapters, for the block
+        only (a prompt's <lora:...> tags): afterwards the adapters and weights are as they were."""
+        if not paths:
+            yield
+            return
+        before = (dict(self.adapters), dict(self.active))
+        try:
+            for name, path, te, unet in paths:
+                key = f"<lora:{name}>"
+                self.adapters[key] = parse(read_lora(path, allow_pickle=allow_pickle), self.models, str(path))
+                self.active[key] = (te, unet)
+            self.apply()
+            yield
+        finally:
+            self.adapters, self.active = before
+            self.apply()
+
     def unload(self) -> None:
         self.restore()
         self.adapters.clear()
         self.active.clear()
         self.scale = 1.0
+
+
+# ---------------------------------------------------------------------------------------------------
+# LoRAs in prompts, A1111's way: <lora:NAME:WEIGHT> or <lora:NAME:TE_WEIGHT:UNET_WEIGHT> (also te=, unet=),
+# NAME a file stem in the LoRA folder. A1111 applies the tags of a batch's first prompt to the whole batch.
+# ---------------------------------------------------------------------------------------------------
+TAG = re.compile(r"<(?:lora|lyco):([^>]+)>")
+SUFFIXES_ON_DISK = (".safetensors",) + PICKLE_SUFFIXES
+
+
+def prompt_tags(prompt: str) -> tuple[str, list[tuple[str, float, float]]]:
+    """-> (the prompt without its tags, [(name, text encoder multiplier, UNet multiplier)])."""
+    tags = []
+    for body in TAG.findall(prompt):
+        positional, named = [], {}
+        for part in body.split(":"):
+            key, eq, value = part.partition("=")
+            if eq:
+                named[key.strip()] = value
+            else:
+                positional.append(part)
+        name, *numbers = positional
+        try:
+            te = float(named.get("te", numbers[0] if numbers else 1.0))
+            unet = float(named.get("unet", numbers[1] if len(numbers) > 1 else te))
+        except ValueError:
+            raise InputError(f"<lora:{body}>: the weights must be numbers, as in <lora:{name}:0.8> or "
+                             f"<lora:{name}:1:0.6>") from None
+        tags.append((name.strip(), te, unet))
+    return TAG.sub("", prompt), tags
+
+
+def short_hash(path: Path) -> str:
+    """A1111's LoRA hash: the first 12 hex digits of the SHA-256 of a safetensors file's data (its header left
+    out, Kohya's "addnet" hash), or of the whole file for other formats."""
+    digest = hashlib.sha256()
+    with open(path, "rb") as f:
+        if path.suffix == ".safetensors":
+            (n,) = struct.unpack("<Q", f.read(8))
+            f.seek(8 + n)
+        while chunk := f.read(1 << 24):
+            digest.update(chunk)
+    return digest.hexdigest()[:12]
+
+
+def metadata(path: Path) -> dict:
+    """A safetensors file's `__metadata__` (Kohya's ss_* training fields), or {}."""
+    if path.suffix != ".safetensors":
+        return {}
+    with open(path, "rb") as f:
+        (n,) = struct.unpack("<Q", f.read(8))
+        try:
+            return json.loads(f.read(n)).get("__metadata__", {}) or {}
+        except (ValueError, AttributeError):
+            return {}
+
+
+class Library:
+    """The LoRA files of a folder (subfolders too), by file stem."""
+
+    def __init__(self, folder: str | Path, *, allow_pickle: bool = False):
+        self.folder, self.allow_pickle = Path(folder), allow_pickle
+        if not self.folder.is_dir():
+            raise InputError(f"--lora-dir {self.folder} is not a folder")
+        self.refresh()
+
+    def refresh(self) -> None:
+        self.files = {p.stem: p for p in sorted(self.folder.rglob("*"))
+                      if p.suffix.lower() in SUFFIXES_ON_DISK and p.is_file()}
+        self._hashes: dict[str, str] = {}
+
+    def path(self, name: str) -> Path:
+        if name not in self.files:
+            close = difflib.get_close_matches(name, self.files, n=3)
+            hint = f"; did you mean {', '.join(close)}?" if close else f" (it has {len(self.files)} LoRA files)"
+            raise InputError(f"no LoRA named {name!r} in {self.folder}{hint}")
+        return self.files[name]
+
+    def hash(self, name: str) -> str:
+        if name not in self._hashes:
+            self._hashes[name] = short_hash(self.path(name))
+        return self._hashes[name]
+
+    def hashes_text(self, prompt: str) -> str | None:
+        """The infotext's `Lora hashes` value for a prompt's tags, as A1111 writes it, or None."""
+        names = list(dict.fromkeys(name for name, _, _ in prompt_tags(prompt)[1]))
+        return ", ".join(f"{n}: {self.hash(n)}" for n in names) or None

@@ -22,7 +22,7 @@ from tqdm.auto import tqdm
 from . import prompts as syntax
 from .embeddings import Embeddings
 from .errors import InputError, NumericalError
-from .lora import LoRAs
+from .lora import Library, LoRAs, prompt_tags
 from .schedulers import SAMPLERS, Sampling, randn, run
 from .schedulers.adapter import FrozenConfig, Scheduler
 from .speed import allocator, kernels
@@ -90,6 +90,7 @@ class StableDiffusionPipeline:
         self.embeddings = Embeddings(tokenizer, text_encoder.config.hidden_size)  # see load_textual_inversion()
         self.batch_invariant: bool | None = None  # None: on a CPU (see _one_at_a_time)
         self.loras = LoRAs({"unet": unet, "text_encoder": text_encoder})  # see load_lora_weights()
+        self.lora_library: Library | None = None  # the folder <lora:NAME:...> tags name files in
         for model in (self.unet, self.vae):
             kernels.by_shape(model)  # on CPU, each 3x3 convolution by the algorithm fastest for its shape
         allocator.keep_freed_memory()  # activations reuse freed memory instead of faulting pages back in
@@ -304,8 +305,24 @@ class StableDiffusionPipeline:
         scale = extra.pop("scale", None)
         warn_unsupported({**diffusers_only, **({"cross_attention_kwargs": extra} if extra else {})},
                          {**DIFFUSERS_CALL_ARGS, "cross_attention_kwargs": {}}, "StableDiffusionPipeline()")
-        with self.loras.scaled(scale):
+        added = []
+        if prompt_syntax == "a1111":  # <lora:NAME:WEIGHT> tags: the first prompt's, for this call
+            prompt, negative_prompt, added = self._lora_tags(prompt, negative_prompt)
+        allow_pickle = self.lora_library is not None and self.lora_library.allow_pickle
+        with self.loras.scaled(scale), self.loras.added(added, allow_pickle=allow_pickle):
             return self._generate(**{k: v for k, v in locals().items() if k in GENERATE_ARGS})
+
+    def _lora_tags(self, prompt, negative_prompt):
+        """-> (prompt, negative prompt) without their <lora:...> tags, and the first prompt's LoRAs as
+        (name, file, text encoder multiplier, UNet multiplier), as A1111 applies them to a batch."""
+        strip = lambda p: None if p is None else prompt_tags(p)[0] if isinstance(p, str) else [prompt_tags(x)[0]
+                                                                                              for x in p]
+        tags = prompt_tags(prompt if isinstance(prompt, str) else prompt[0])[1]
+        if tags and self.lora_library is None:
+            raise InputError(f"the prompt names LoRAs (<lora:{tags[0][0]}:...>) but no LoRA folder is set: pass "
+                             f"--lora-dir DIR (API: pipe.lora_library = sumie.lora.Library(DIR))")
+        added = [(name, self.lora_library.path(name), te, unet) for name, te, unet in tags]
+        return strip(prompt), strip(negative_prompt), added
 
     def _generate(self, *, prompt, negative_prompt, num_inference_steps, guidance_scale, height, width,
                   num_images_per_prompt, generator, seed, scheduler, karras, output_type, callback_on_step_end,

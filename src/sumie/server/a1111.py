@@ -6,7 +6,7 @@ from __future__ import annotations
 import json
 import time
 
-from .. import __version__
+from .. import __version__, lora
 from ..schedulers import SAMPLERS
 from .models import Txt2ImgRequest
 
@@ -46,6 +46,15 @@ def options(engine) -> dict:
             "samples_save": engine.outdir is not None, "live_previews_enable": True, "show_progressbar": True,
             "CLIP_stop_at_last_layers": 1, "sumie_native_size": engine.native_size,
             "sumie_queue_size": engine.queue.maxsize}
+
+
+def loras(engine) -> list[dict]:
+    """A1111's /loras: every LoRA file of --lora-dir, with the metadata (Kohya's ss_* fields) it carries."""
+    library = engine.pipe.lora_library
+    if library is None:
+        return []
+    return [{"name": name, "alias": name, "path": str(path), "metadata": lora.metadata(path)}
+            for name, path in library.files.items()]
 
 
 def embeddings(engine) -> dict:

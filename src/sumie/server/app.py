@@ -11,6 +11,7 @@ from fastapi.responses import HTMLResponse
 
 from .. import __version__, tiny
 from ..errors import SumieError
+from ..lora import Library
 from ..pipeline import StableDiffusionPipeline
 from ..weights import model_hash
 from .engine import Engine
@@ -50,7 +51,7 @@ def _invalid(request: Request, exc: RequestValidationError):
 def serve(model: str, *, host: str = "127.0.0.1", port: int = 7860, outdir: str | None = None,
           api_key: str | None = None, api_auth: str | None = None, queue_size: int = 16,
           device: str = "cpu", request_timeout: float = 600.0, embeddings: str | Path | None = None,
-          allow_pickle: bool = False, warn=print) -> None:
+          allow_pickle: bool = False, lora_dir: str | Path | None = None, warn=print) -> None:
     """`sumie serve`: load `model` (and the textual-inversion embeddings in `embeddings`), then serve it with
     uvicorn until stopped."""
     if host not in LOCAL_HOSTS and not (api_key or api_auth):
@@ -59,6 +60,8 @@ def serve(model: str, *, host: str = "127.0.0.1", port: int = 7860, outdir: str 
     pipe.set_progress_bar_config(disable=True)
     if embeddings is not None:
         pipe.embeddings.load_dir(embeddings, allow_pickle=allow_pickle)
+    if lora_dir is not None:
+        pipe.lora_library = Library(lora_dir, allow_pickle=allow_pickle)
     name = tiny.NAME if model == tiny.NAME else Path(pipe.source).name
     app = create_app(pipe, model_name=name, model_hash=model_hash(pipe.source), outdir=outdir, api_key=api_key,
                      default_sampler=pipe.scheduler.sampler_id, api_auth=api_auth, queue_size=queue_size,

@@ -122,7 +122,8 @@ class Engine:
     def infotext(self, r: Txt2ImgRequest, job: Job, seed: int) -> str:
         return infotext(r.prompt, r.negative_prompt, steps=r.steps, sampler_id=job.sampler_id, karras=job.karras,
                         cfg_scale=r.cfg_scale, seed=seed, width=r.width, height=r.height,
-                        model_hash=self.model_hash, model_name=self.model_name, clip_skip=r.clip_skip)
+                        model_hash=self.model_hash, model_name=self.model_name, clip_skip=r.clip_skip,
+                        lora_hashes=self.pipe.lora_library.hashes_text(r.prompt) if self.pipe.lora_library else None)
 
     def save(self, image: Image.Image, text: str, seed: int) -> None:
         """Under --outdir, in a folder per day, as HHMMSS-random-seed.png."""

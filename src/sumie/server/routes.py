@@ -107,6 +107,18 @@ def options(engine: Engine = Depends(engine)):
     return a1111.options(engine)
 
 
+@router.get("/loras")
+def loras(engine: Engine = Depends(engine)):
+    return a1111.loras(engine)
+
+
+@router.post("/refresh-loras")
+def refresh_loras(engine: Engine = Depends(engine)):
+    if engine.pipe.lora_library is not None:
+        engine.pipe.lora_library.refresh()
+    return {}
+
+
 @router.get("/embeddings")
 def embeddings(engine: Engine = Depends(engine)):
     return a1111.embeddings(engine)
