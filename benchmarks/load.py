@@ -75,6 +75,19 @@ def write_model(single: bool = True) -> tuple[Path, Path] | Path:
     return folder, path
 
 
+def pipelines():
+    """(sumie's, diffusers') pipelines of the cached full SD 1.5 folder, on 2 threads."""
+    import torch
+    torch.set_num_threads(2)
+    import diffusers
+
+    from sumie import StableDiffusionPipeline
+    folder = write_model(single=False)
+    ours = StableDiffusionPipeline.from_pretrained(folder)
+    ours.set_progress_bar_config(disable=True)
+    return ours, diffusers.StableDiffusionPipeline.from_pretrained(folder, safety_checker=None)
+
+
 def main() -> None:
     ap = argparse.ArgumentParser()
     ap.add_argument("--repeats", type=int, default=3)

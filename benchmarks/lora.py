@@ -47,15 +47,9 @@ def main() -> None:
     ap.add_argument("--repeats", type=int, default=3)
     ap.add_argument("--write", action="store_true", help="refresh docs/benchmarks.md")
     args = ap.parse_args()
-    torch.set_num_threads(2)
-    import diffusers
     from doc import machine, report
-    from load import CACHE, write_model
-
-    from sumie import StableDiffusionPipeline
-    folder = write_model(single=False)
-    ours = StableDiffusionPipeline.from_pretrained(folder)
-    theirs = diffusers.StableDiffusionPipeline.from_pretrained(folder, safety_checker=None)
+    from load import CACHE, pipelines
+    ours, theirs = pipelines()
     path = CACHE / "sd15-lora-r16.safetensors"
     layers = write_lora(ours, path)
     times = {k: [] for k in ("sumie apply", "sumie remove", "diffusers load + fuse", "diffusers unfuse + unload")}
@@ -68,7 +62,7 @@ def main() -> None:
             if i:
                 times[label].append(seconds)
     med = {k: statistics.median(v) for k, v in times.items()}
-    del theirs
+    theirs = None  # its memory back before the steps
     x, t, ctx = torch.randn(2, 4, 32, 32), torch.tensor(500), torch.randn(2, 77, 768)
     step = {"without": [], "with": []}
     with torch.no_grad():

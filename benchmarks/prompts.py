@@ -37,16 +37,9 @@ def main() -> None:
     ap.add_argument("--repeats", type=int, default=5)
     ap.add_argument("--write", action="store_true", help="refresh docs/benchmarks.md")
     args = ap.parse_args()
-    torch.set_num_threads(2)
-    import diffusers
     from doc import machine, report
-    from load import write_model
-
-    from sumie import StableDiffusionPipeline
-    folder = write_model(single=False)
-    ours = StableDiffusionPipeline.from_pretrained(folder)
-    ours.set_progress_bar_config(disable=True)
-    theirs = diffusers.StableDiffusionPipeline.from_pretrained(folder, safety_checker=None)
+    from load import pipelines
+    ours, theirs = pipelines()
     with torch.no_grad():
         times = {
             "diffusers encode_prompt, 66 tokens": median(
