@@ -267,14 +267,16 @@ def build_parser() -> argparse.ArgumentParser:
     g.add_argument("--device", help="cpu (default), cuda, mps")
     g.add_argument("--dtype", choices=sorted(DTYPES), help="default: float32")
     g.add_argument("--prompt-syntax", dest="prompt_syntax", choices=["a1111", "plain"],
-                   help="a1111 (default): (emphasis:1.2), [editing:steps], BREAK, long prompts; plain: diffusers' reading")
+                   help="a1111 (default): (emphasis:1.2), [editing:steps], BREAK, long prompts; "
+                        "plain: diffusers' reading")
     g.add_argument("--clip-skip", dest="clip_skip", type=_int, metavar="N",
                    help="A1111's count: 1 (default) the last layer of the text encoder, 2 the one before, ...")
     g.add_argument("--emphasis", choices=["original", "none"], help="how (word:1.2) weights apply (default original)")
     g.add_argument("--embeddings", metavar="DIR", help="textual-inversion embeddings, each usable in a prompt by its "
                                                        "file name (default: embeddings/ beside the output folder)")
     g.add_argument("--lora-dir", dest="lora_dir", metavar="DIR",
-                   help="LoRA files that <lora:NAME:WEIGHT> in a prompt names (default: loras/ beside the output folder)")
+                   help="LoRA files that <lora:NAME:WEIGHT> in a prompt names "
+                        "(default: loras/ beside the output folder)")
     g.add_argument("--params-from", dest="params_from", metavar="IMAGE.png",
                    help="re-create an image from its stored parameters; other options override them")
     g.add_argument("--quiet", action="store_true", help="no progress bar")

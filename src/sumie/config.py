@@ -259,8 +259,8 @@ _SD1_SCHEDULER = MappingProxyType({
 # argmax(ids), which is the first end-of-text token for CLIP's vocabulary, as 49407 would give.
 SD15 = Preset(
     name="sd15",
-    text_encoder=TextEncoderConfig(hidden_size=768, intermediate_size=3072, num_hidden_layers=12, num_attention_heads=12,
-                                   bos_token_id=0, eos_token_id=2),
+    text_encoder=TextEncoderConfig(hidden_size=768, intermediate_size=3072, num_hidden_layers=12,
+                                   num_attention_heads=12, bos_token_id=0, eos_token_id=2),
     unet=UNetConfig(cross_attention_dim=768), vae=_SD_VAE, scheduler=_SD1_SCHEDULER)
 # SD 2.x: OpenCLIP ViT-H/14's text tower up to its penultimate layer (23 of 24), per-level heads of 64 channels,
 # linear projections; the 768-v models predict v.

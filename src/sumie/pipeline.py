@@ -3,7 +3,8 @@
 `StableDiffusionPipeline` mirrors diffusers' class of that name where users rely on it (same call
 arguments and defaults, same numbers for the same seed) and adds `seed=`, `scheduler="dpm++2m"` and
 `karras=True`. Classifier-free guidance (Ho & Salimans 2022, eq. 6) runs both branches in one batched
-UNet call. Speed and memory options live in `sumie.speed`; the methods here only switch them on.
+UNet call. Prompts are read by `sumie.prompts`, LoRAs applied by `sumie.lora`, and speed and memory options
+live in `sumie.speed`; the methods here only switch them on.
 """
 
 from __future__ import annotations
@@ -35,9 +36,9 @@ MAX_IMAGES = 64
 # Arguments diffusers' pipelines take that sumie does not implement, with the value that means "not used":
 # given any other value, they are ignored with a warning that names them.
 DIFFUSERS_CALL_ARGS = {
-    "eta": 0.0, "prompt_embeds": None, "negative_prompt_embeds": None, "guidance_rescale": 0.0, "callback": None, "callback_steps": 1, "return_dict": True,
-    "timesteps": None, "sigmas": None, "ip_adapter_image": None, "ip_adapter_image_embeds": None,
-    "callback_on_step_end_tensor_inputs": ["latents"]}
+    "eta": 0.0, "prompt_embeds": None, "negative_prompt_embeds": None, "guidance_rescale": 0.0, "callback": None,
+    "callback_steps": 1, "return_dict": True, "timesteps": None, "sigmas": None, "ip_adapter_image": None,
+    "ip_adapter_image_embeds": None, "callback_on_step_end_tensor_inputs": ["latents"]}
 DIFFUSERS_LOAD_ARGS = {
     "safety_checker": None, "feature_extractor": None, "requires_safety_checker": False, "use_safetensors": True,
     "local_files_only": True, "low_cpu_mem_usage": True, "cache_dir": None, "token": None, "use_auth_token": None,
