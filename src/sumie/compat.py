@@ -15,7 +15,7 @@ from pathlib import Path
 import torch
 
 from . import text_encoder as _text, unet as _unet, vae as _vae
-from .pipeline import StableDiffusionPipeline
+from .pipeline import StableDiffusionImg2ImgPipeline, StableDiffusionPipeline
 from .schedulers.adapter import Scheduler, SchedulerOutput
 from .tokenizer import CLIPTokenizer as _Tokenizer
 from .weights import load_component_dir
@@ -104,4 +104,5 @@ class DPMSolverMultistepScheduler(Scheduler):
 __all__ = ["AutoencoderKL", "CLIPTextModel", "CLIPTokenizer", "DDIMScheduler", "DDPMScheduler",
            "DPMSolverMultistepScheduler", "EulerAncestralDiscreteScheduler", "EulerDiscreteScheduler",
            "HeunDiscreteScheduler", "LMSDiscreteScheduler", "PNDMScheduler", "SchedulerOutput",
-           "StableDiffusionPipeline", "UNet2DConditionModel", "UniPCMultistepScheduler"]
+           "StableDiffusionImg2ImgPipeline", "StableDiffusionPipeline", "UNet2DConditionModel",
+           "UniPCMultistepScheduler"]

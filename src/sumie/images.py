@@ -18,6 +18,8 @@ import tempfile
 from pathlib import Path
 from typing import Iterable
 
+import numpy as np
+import torch
 from PIL import Image, PngImagePlugin
 
 from . import __version__
@@ -38,6 +40,22 @@ def image_grid(images: list[Image.Image], rows: int, cols: int) -> Image.Image:
     for i, im in enumerate(images):
         grid.paste(im, box=(i % cols * w, i // cols * h))
     return grid
+
+
+def image_tensor(image: Image.Image | list, height: int | None = None, width: int | None = None,
+                 multiple: int = 8) -> torch.Tensor:
+    """PIL image(s) -> (B, 3, H, W) in [-1, 1], resized (Lanczos) to height x width, by default the first image's
+    size rounded down to a multiple of `multiple` (as diffusers' VaeImageProcessor prepares an init image)."""
+    images = image if isinstance(image, list) else [image]
+    if not images or not all(isinstance(im, Image.Image) for im in images):
+        raise InputError("image must be a PIL image or a list of them")
+    w, h = images[0].size
+    width, height = width or w - w % multiple, height or h - h % multiple
+    if width < multiple or height < multiple:
+        raise InputError(f"the init image is {w}x{h}; it must be at least {multiple}x{multiple} pixels")
+    arrays = [np.asarray(im.convert("RGB").resize((width, height), Image.LANCZOS), dtype=np.float32) / 255
+              for im in images]
+    return torch.from_numpy(np.stack(arrays)).permute(0, 3, 1, 2) * 2 - 1
 
 
 def _quote(value) -> str:

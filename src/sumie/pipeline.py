@@ -23,6 +23,7 @@ from tqdm.auto import tqdm
 from . import prompts as syntax
 from .embeddings import Embeddings
 from .errors import InputError, NumericalError
+from .images import image_tensor
 from .lora import Library, LoRAs, prompt_tags
 from .schedulers import SAMPLERS, Sampling, randn, run
 from .schedulers.adapter import FrozenConfig, Scheduler
@@ -59,7 +60,7 @@ def warn_unsupported(given: dict, known: dict, where: str) -> None:
 
 GENERATE_ARGS = ("prompt", "negative_prompt", "num_inference_steps", "guidance_scale", "height", "width",
                  "num_images_per_prompt", "generator", "seed", "scheduler", "karras", "output_type",
-                 "callback_on_step_end", "latents", "prompt_syntax", "clip_skip", "emphasis")
+                 "callback_on_step_end", "latents", "prompt_syntax", "clip_skip", "emphasis", "_init")
 
 
 class _Interrupted(Exception):
@@ -297,11 +298,12 @@ class StableDiffusionPipeline:
                  scheduler: str | None = None, karras: bool | None = None, output_type: str = "pil",
                  callback_on_step_end=None, latents: torch.Tensor | None = None, prompt_syntax: str = "plain",
                  clip_skip: int | None = None, emphasis: str = "original", cross_attention_kwargs: dict | None = None,
-                 **diffusers_only) -> PipelineOutput:
+                 _init: tuple | None = None, **diffusers_only) -> PipelineOutput:
         """diffusers' arguments, and: `seed` (image i uses seed + i), `scheduler` (a sampler id), `karras`,
         `prompt_syntax` ("plain": diffusers' reading; "a1111": emphasis, long prompts, BREAK, prompt editing;
         see `sumie.prompts`), `clip_skip` (diffusers' meaning) and `emphasis` ("original" or "none").
-        cross_attention_kwargs={"scale": s} applies the LoRAs at scale s for this call."""
+        cross_attention_kwargs={"scale": s} applies the LoRAs at scale s for this call. (`_init`: img2img's
+        (image, strength), given by StableDiffusionImg2ImgPipeline.)"""
         extra = dict(cross_attention_kwargs or {})
         scale = extra.pop("scale", None)
         warn_unsupported({**diffusers_only, **({"cross_attention_kwargs": extra} if extra else {})},
@@ -327,16 +329,20 @@ class StableDiffusionPipeline:
 
     def _generate(self, *, prompt, negative_prompt, num_inference_steps, guidance_scale, height, width,
                   num_images_per_prompt, generator, seed, scheduler, karras, output_type, callback_on_step_end,
-                  latents, prompt_syntax, clip_skip, emphasis) -> PipelineOutput:
+                  latents, prompt_syntax, clip_skip, emphasis, _init) -> PipelineOutput:
         syntax.check_options(prompt_syntax, emphasis, clip_skip)
         prompts = [prompt] if isinstance(prompt, str) else list(prompt)
         negatives = self._negatives(negative_prompt, prompts)
+        init = None if _init is None else image_tensor(_init[0], height, width, self.vae_scale_factor)
         native = self.unet.config.sample_size * self.vae_scale_factor
-        height, width = native if height is None else height, native if width is None else width
+        default_height, default_width = (native, native) if init is None else init.shape[-2:]
+        height, width = default_height if height is None else height, default_width if width is None else width
         self._check(prompts, negatives, height, width, num_inference_steps, guidance_scale, num_images_per_prompt,
                     output_type)
         sampling = Sampling.create(scheduler or self.scheduler.sampler_id, self.scheduler._raw, num_inference_steps,
                                    karras=self.scheduler.karras if karras is None else karras)
+        if init is not None:
+            sampling = sampling.from_strength(_init[1])  # img2img runs the last strength * steps steps
         batch = len(prompts) * num_images_per_prompt
         if seed is not None:
             generator = [torch.Generator("cpu").manual_seed(seed + i) for i in range(batch)]
@@ -347,7 +353,7 @@ class StableDiffusionPipeline:
         # [(last model call, (1, 77 * k, D))], one entry unless the prompt edits itself between steps
         guided = guidance_scale > 1
         encode, encode_negative = self._encoders(prompt_syntax, clip_skip, emphasis)
-        calls = num_inference_steps * SAMPLERS[sampling.sampler_id].order  # A1111 schedules by model calls
+        calls = len(sampling.schedule) * SAMPLERS[sampling.sampler_id].order  # A1111 schedules by model calls
 
         def per_image(texts: list[str], encode) -> list[list[tuple[int, torch.Tensor]]]:
             each = [[(end, encode(text)) for end, text in syntax.steps_of(p, calls, prompt_syntax)] for p in texts]
@@ -357,11 +363,16 @@ class StableDiffusionPipeline:
         call = 0  # model calls so far
 
         # 2. The starting noise (B, C, H/f, W/f): drawn on the CPU generator in float32, so a seed gives the same
-        # image on any device, scaled to the sampler's first noise level
+        # image on any device, scaled to the sampler's first noise level; for img2img, added to the init image's
+        # latents at the first step kept (diffusers' prepare_latents: each image's encoding draws first)
         f = self.vae_scale_factor
         shape = (batch, self.unet.config.in_channels, height // f, width // f)
-        x = randn(shape, generator, "cpu") if latents is None else latents.float().cpu()
-        x = x.to(self.execution_device) * sampling.init_noise_sigma
+        if init is None:
+            x = randn(shape, generator, "cpu") if latents is None else latents.float().cpu()
+            x = x.to(self.execution_device) * sampling.init_noise_sigma
+        else:
+            x0 = self._encode_images(init, generator, batch)
+            x = sampling.noised(x0, randn(shape, generator, "cpu").to(x0.device))
 
         # 3. Denoise: the sampler asks for the model's prediction at each step (see schedulers.protocol)
         unet = self.unet if self._compiled is None else self._compiled
@@ -401,6 +412,21 @@ class StableDiffusionPipeline:
         if output_type == "np":
             return PipelineOutput(array)
         return PipelineOutput([Image.fromarray((a * 255).round().astype(np.uint8)) for a in array])
+
+    @torch.no_grad()
+    def _encode_images(self, images: torch.Tensor, generator, batch: int) -> torch.Tensor:
+        """(b, 3, H, W) in [-1, 1] -> (batch, 4, H/f, W/f) scaled latents drawn from the VAE's posterior: one image
+        and generator at a time with a generator per image, else the whole batch with the one generator."""
+        if batch % len(images):
+            raise InputError(f"got {len(images)} init images for {batch} images; give one, or one per image")
+        with self._placed(self.vae):
+            images = images.to(self.execution_device, self.vae.dtype)
+            if isinstance(generator, list):
+                images = images.repeat(batch // len(images), 1, 1, 1)
+                x0 = torch.cat([self.vae.encode(images[i:i + 1]).sample(g) for i, g in enumerate(generator)])
+            else:
+                x0 = self.vae.encode(images).sample(generator).repeat(batch // len(images), 1, 1, 1)
+        return x0.float() * self.vae.config.scaling_factor
 
     @property
     def _one_at_a_time(self) -> bool:
@@ -448,3 +474,16 @@ class StableDiffusionPipeline:
             raise NumericalError("the VAE decoded NaN or Inf values even in float32; the latents are invalid "
                                  "(check the model weights and the guidance scale)")
         return (image.float() / 2 + 0.5).clamp(0, 1)
+
+
+class StableDiffusionImg2ImgPipeline(StableDiffusionPipeline):
+    """diffusers' img2img: the init image's latents, noised to the level where the last `strength` of the steps
+    begin, are denoised from there (Meng et al. 2022, SDEdit). Every other argument is the text-to-image call's."""
+
+    @torch.no_grad()
+    def __call__(self, prompt: str | list[str], image=None, strength: float = 0.8, **kwargs) -> PipelineOutput:
+        if image is None:
+            raise InputError("give an init image: pipe(prompt, image=PIL.Image.open(...), strength=0.75)")
+        if not isinstance(strength, (int, float)) or not 0 <= strength <= 1:
+            raise InputError(f"strength must be from 0 to 1 (got {strength!r})")
+        return super().__call__(prompt, _init=(image, strength), **kwargs)

@@ -10,13 +10,17 @@ stateful interface).
 
 from __future__ import annotations
 
+import dataclasses
 from dataclasses import dataclass
 from typing import Callable
 
+import torch
+
+from ..errors import InputError
 from .config import SchedulerConfig, parse_config
 from .protocol import Eval, Prediction, predict, randn, run
 from .registry import BY_DIFFUSERS_CLASS, IDS, SAMPLERS, describe, from_a1111, spec_for
-from .schedule import Schedule, check_steps
+from .schedule import Schedule, check_steps, sigma_schedule
 
 
 @dataclass(frozen=True)
@@ -40,6 +44,22 @@ class Sampling:
     @property
     def init_noise_sigma(self) -> float:
         return self.schedule.init_noise_sigma
+
+    def from_strength(self, strength: float) -> "Sampling":
+        """The last int(steps * strength) steps, as diffusers' img2img keeps them (get_timesteps)."""
+        n = len(self.schedule)
+        begin = max(n - min(int(n * strength), n), 0)
+        if begin >= n:
+            raise InputError(f"strength {strength} leaves no steps of {n}: use a strength of at least {1 / n:.3g} "
+                             f"or more steps")
+        return dataclasses.replace(self, schedule=self.schedule.after(begin))
+
+    def noised(self, x0: torch.Tensor, noise: torch.Tensor) -> torch.Tensor:
+        """A clean latent noised to the schedule's first level, in the sampler's own space (diffusers'
+        scheduler.add_noise): x0 + sigma * noise, divided by sqrt(1 + sigma^2) for the VP samplers."""
+        sigma = self.schedule.sigmas[0]
+        x = x0 + sigma * noise
+        return x if spec_for(self.sampler_id).schedule is sigma_schedule else x / (1 + sigma ** 2) ** 0.5
 
     def start(self, x, noise: Callable | None = None):
         """The sampler as a generator (see protocol.py), starting from latent `x` (already scaled)."""

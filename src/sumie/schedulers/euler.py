@@ -60,13 +60,15 @@ def lms_coefficient(sigmas: np.ndarray, i: int, j: int, order: int) -> float:
 
 
 def lms(x: torch.Tensor, s: Schedule, noise: Noise | None = None, order: int = 4) -> Sampler:
-    """Linear multistep: the derivatives of the last `order` steps, weighted by integrated Lagrange polynomials."""
-    sigmas64 = s.sigmas.double().numpy()
+    """Linear multistep: the derivatives of the last `order` steps, weighted by integrated Lagrange polynomials.
+    Started part-way (img2img), the polynomial's order counts the skipped steps too, as diffusers' does."""
+    skipped = 0 if s.skipped_sigmas is None else len(s.skipped_sigmas)
+    sigmas64 = (s.sigmas if not skipped else torch.cat([s.skipped_sigmas, s.sigmas])).double().numpy()
     ds = []
     for i in range(len(s)):
         sigma = s.sigmas[i]
         p = yield at_sigma(x, sigma, s.timesteps[i])
         ds = (ds + [(x - p.x0) / sigma])[-order:]
-        k = min(i + 1, order)
-        x = x + sum(lms_coefficient(sigmas64, i, j, k) * d for j, d in enumerate(reversed(ds)))
+        k = min(skipped + i + 1, order)
+        x = x + sum(lms_coefficient(sigmas64, skipped + i, j, k) * d for j, d in enumerate(reversed(ds)))
     return x

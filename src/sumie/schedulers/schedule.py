@@ -10,6 +10,7 @@ visits exactly the timesteps diffusers visits for the same config.
 
 from __future__ import annotations
 
+import dataclasses
 import math
 from dataclasses import dataclass
 
@@ -88,6 +89,7 @@ class Schedule:
         final one (0, or sigma_min for DDIM-style "final alpha"). init_noise_sigma: the factor on unit
         noise for the starting latent, in the sampler's own space. step_ratio and final_alpha: the
         discrete samplers' (DDIM, PLMS) stride in training timesteps, and the alpha their last step lands on.
+        skipped_sigmas: the levels before the first step, when img2img starts part-way (`after`).
     """
 
     timesteps: torch.Tensor
@@ -96,9 +98,15 @@ class Schedule:
     init_noise_sigma: float
     step_ratio: int | None = None
     final_alpha: torch.Tensor | None = None
+    skipped_sigmas: torch.Tensor | None = None
 
     def __len__(self) -> int:
         return len(self.timesteps)
+
+    def after(self, k: int) -> "Schedule":
+        """The schedule from step k on (img2img's start part-way down, diffusers' set_begin_index)."""
+        return dataclasses.replace(self, timesteps=self.timesteps[k:], sigmas=self.sigmas[k:],
+                                   skipped_sigmas=self.sigmas[:k])
 
 
 def sigma_schedule(cfg, n: int, karras: bool) -> Schedule:
