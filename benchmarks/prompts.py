@@ -11,7 +11,6 @@ from __future__ import annotations
 import argparse
 import statistics
 import sys
-import time
 from pathlib import Path
 
 import torch
@@ -22,22 +21,13 @@ SHORT = "a photograph of an astronaut riding a horse on the moon " * 6  # 66 wor
 LONG = "a (photograph:1.2) of an astronaut riding a [horse] on the moon " * 12  # 132 words: 2 chunks
 
 
-def median(fn, repeats: int) -> float:
-    fn()
-    times = []
-    for _ in range(repeats):
-        start = time.perf_counter()
-        fn()
-        times.append(time.perf_counter() - start)
-    return statistics.median(times)
-
-
 def main() -> None:
     ap = argparse.ArgumentParser()
     ap.add_argument("--repeats", type=int, default=5)
     ap.add_argument("--write", action="store_true", help="refresh docs/benchmarks.md")
     args = ap.parse_args()
     from doc import machine, report
+    from floor import median_time as median
     from load import pipelines
     ours, theirs = pipelines()
     with torch.no_grad():
