@@ -50,15 +50,16 @@ def randomize(module: torch.nn.Module, seed: int) -> torch.nn.Module:
     return module.eval()
 
 
-def write_model_folder(path: Path, kind: str = "sd1", seed: int = 0) -> Path:
-    """Write a complete diffusers Stable Diffusion folder with tiny random networks, as the oracles save it."""
+def write_model_folder(path: Path, kind: str = "sd1", seed: int = 0, *, inpainting: bool = False) -> Path:
+    """Write a complete diffusers Stable Diffusion folder with tiny random networks, as the oracles save it
+    (`inpainting`: a UNet with 9 input channels, as SD 1.5-inpainting has)."""
     from diffusers import (AutoencoderKL, DDIMScheduler, PNDMScheduler, StableDiffusionPipeline,
                            UNet2DConditionModel)
     from transformers import CLIPTextConfig, CLIPTextModel, CLIPTokenizer
 
     spec = TINY[kind]
     torch.manual_seed(seed)
-    unet = randomize(UNet2DConditionModel(**spec["unet"]), seed)
+    unet = randomize(UNet2DConditionModel(**{**spec["unet"], "in_channels": 9 if inpainting else 4}), seed)
     vae = randomize(AutoencoderKL(**TINY_VAE), seed + 1)
     text = randomize(CLIPTextModel(CLIPTextConfig(**spec["text"])), seed + 2)
     write_vocab_files(path / "_vocab", pad_token=spec["pad"])

@@ -1,10 +1,9 @@
-"""`pipeline`: images equal diffusers' StableDiffusionPipeline and StableDiffusionImg2ImgPipeline on small random SD1 / SD2
-(v-prediction) folders."""
+"""`pipeline`: images equal diffusers' StableDiffusionPipeline on small random SD1 / SD2 (v-prediction) folders
+(img2img and inpainting: test_img2img.py)."""
 
 import numpy as np
 import pytest
 import torch
-from PIL import Image
 
 from sumie.errors import InputError
 from sumie.pipeline import StableDiffusionPipeline
@@ -190,56 +189,3 @@ def test_half_precision_pipeline_close_to_float32(sd1_folder, dtype, mean_levels
     a = half("a cat", num_inference_steps=3, seed=1, output_type="np").images
     b = full("a cat", num_inference_steps=3, seed=1, output_type="np").images
     assert np.isfinite(a).all() and np.abs(a - b).mean() * 255 < mean_levels
-
-
-INIT = Image.fromarray((np.random.default_rng(0).random((40, 56, 3)) * 255).astype(np.uint8))
-IMG2IMG = ["euler", "euler-a", "heun", "lms", "ddim", "ddpm", "dpm++2m", "dpm++2m-sde", "unipc"]
-
-
-@pytest.fixture(scope="module")
-def img2img(sd1_folder):
-    import diffusers
-    from sumie.pipeline import StableDiffusionImg2ImgPipeline
-    ours = StableDiffusionImg2ImgPipeline.from_pretrained(sd1_folder)
-    theirs = diffusers.StableDiffusionImg2ImgPipeline.from_pretrained(sd1_folder, safety_checker=None)
-    for p in (ours, theirs):
-        p.set_progress_bar_config(disable=True)
-    return ours, theirs
-
-
-@pytest.mark.parametrize("sampler_id", IMG2IMG)
-@pytest.mark.parametrize("strength", [0.5, 0.75])
-def test_img2img_equals_diffusers(img2img, sampler_id, strength):
-    """diffusers' img2img: the last strength * steps steps, from the init image's latents noised there, the
-    VAE's posterior drawing from each image's generator before the noise does. PLMS (PNDM) is left out: diffusers
-    cuts its warm-up's duplicated timestep and then steps one timestep off the latent's noise level."""
-    import diffusers
-    from sumie.schedulers import SAMPLERS
-    ours, theirs = img2img
-    extra = {"algorithm_type": "sde-dpmsolver++"} if sampler_id == "dpm++2m-sde" else {}
-    base = diffusers.PNDMScheduler.from_config(ours.scheduler.config).config
-    theirs.scheduler = getattr(diffusers, SAMPLERS[sampler_id].diffusers).from_config(base, **extra)
-    kw = dict(prompt=["a red circle", "a blue square"], image=INIT, strength=strength, num_inference_steps=8,
-              output_type="np")
-    a = theirs(**kw, generator=[torch.Generator().manual_seed(3 + i) for i in range(2)]).images
-    b = ours(**kw, seed=3, scheduler=sampler_id).images
-    assert a.shape == b.shape == (2, 40, 56, 3)
-    assert np.abs(a - b).max() * 255 <= 2
-
-
-def test_img2img_keeps_more_of_the_image_at_a_lower_strength(img2img):
-    import diffusers
-    ours, theirs = img2img
-    init = np.asarray(INIT, dtype=np.float32) / 255
-    theirs.scheduler = diffusers.EulerDiscreteScheduler.from_config(
-        diffusers.PNDMScheduler.from_config(ours.scheduler.config).config)
-    kw = dict(prompt="x", image=INIT, strength=0.6, num_inference_steps=10, output_type="np")
-    one = theirs(**kw, generator=torch.Generator().manual_seed(1)).images  # one generator, not a list
-    assert np.abs(ours(**kw, scheduler="euler", generator=torch.Generator().manual_seed(1)).images - one).max() * 255 <= 2
-    far = [np.abs(ours("x", image=INIT, strength=s, num_inference_steps=10, seed=2, output_type="np").images[0]
-                  - init).mean() for s in (0.2, 1.0)]
-    assert far[0] < far[1]
-    for bad, needle in (({"strength": 1.5}, "strength must be from 0 to 1"), ({"strength": 0.05}, "leaves no steps"),
-                        ({"image": None}, "give an init image")):
-        with pytest.raises(InputError, match=needle):
-            ours("x", **{"image": INIT, "num_inference_steps": 10, **bad})

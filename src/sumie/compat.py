@@ -15,7 +15,7 @@ from pathlib import Path
 import torch
 
 from . import text_encoder as _text, unet as _unet, vae as _vae
-from .pipeline import StableDiffusionImg2ImgPipeline, StableDiffusionPipeline
+from .pipeline import StableDiffusionImg2ImgPipeline, StableDiffusionInpaintPipeline, StableDiffusionPipeline
 from .schedulers.adapter import Scheduler, SchedulerOutput
 from .tokenizer import CLIPTokenizer as _Tokenizer
 from .weights import load_component_dir
@@ -104,5 +104,6 @@ class DPMSolverMultistepScheduler(Scheduler):
 __all__ = ["AutoencoderKL", "CLIPTextModel", "CLIPTokenizer", "DDIMScheduler", "DDPMScheduler",
            "DPMSolverMultistepScheduler", "EulerAncestralDiscreteScheduler", "EulerDiscreteScheduler",
            "HeunDiscreteScheduler", "LMSDiscreteScheduler", "PNDMScheduler", "SchedulerOutput",
-           "StableDiffusionImg2ImgPipeline", "StableDiffusionPipeline", "UNet2DConditionModel",
+           "StableDiffusionImg2ImgPipeline", "StableDiffusionInpaintPipeline", "StableDiffusionPipeline",
+           "UNet2DConditionModel",
            "UniPCMultistepScheduler"]

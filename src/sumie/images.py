@@ -58,6 +58,16 @@ def image_tensor(image: Image.Image | list, height: int | None = None, width: in
     return torch.from_numpy(np.stack(arrays)).permute(0, 3, 1, 2) * 2 - 1
 
 
+def mask_tensor(mask: Image.Image | list, height: int, width: int) -> torch.Tensor:
+    """PIL mask(s) -> (B, 1, H, W) of 0 (keep) and 1 (repaint): grey levels resized (Lanczos) to height x width and
+    cut at one half, as diffusers' mask processor does."""
+    masks = mask if isinstance(mask, list) else [mask]
+    if not masks or not all(isinstance(m, Image.Image) for m in masks):
+        raise InputError("mask_image must be a PIL image or a list of them")
+    arrays = [np.asarray(m.convert("L").resize((width, height), Image.LANCZOS), dtype=np.float32) / 255 for m in masks]
+    return (torch.from_numpy(np.stack(arrays))[:, None] >= 0.5).float()
+
+
 def _quote(value) -> str:
     text = str(value)
     return json.dumps(text, ensure_ascii=False) if any(c in text for c in ',:"\n') else text

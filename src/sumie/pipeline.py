@@ -17,15 +17,16 @@ from pathlib import Path
 
 import numpy as np
 import torch
+import torch.nn.functional as F
 from PIL import Image
 from tqdm.auto import tqdm
 
 from . import prompts as syntax
 from .embeddings import Embeddings
 from .errors import InputError, NumericalError
-from .images import image_tensor
+from .images import image_tensor, mask_tensor
 from .lora import Library, LoRAs, prompt_tags
-from .schedulers import SAMPLERS, Sampling, randn, run
+from .schedulers import SAMPLERS, Sampling, noised, randn, run
 from .schedulers.adapter import FrozenConfig, Scheduler
 from .speed import allocator, kernels
 from .speed.compile import compile_networks
@@ -69,6 +70,16 @@ class _Interrupted(Exception):
 
 
 @dataclass
+class Init:
+    """What img2img and inpainting start from, as their pipelines' arguments: PIL image(s), the strength, and for
+    inpainting the mask image(s) (white: repaint) or (B, 4, h, w) masked-image latents."""
+    image: object
+    strength: float
+    mask: object = None
+    masked_latents: torch.Tensor | None = None
+
+
+@dataclass
 class PipelineOutput:
     images: list | np.ndarray | torch.Tensor
 
@@ -93,6 +104,7 @@ class StableDiffusionPipeline:
         self.batch_invariant: bool | None = None  # None: on a CPU (see _one_at_a_time)
         self.loras = LoRAs({"unet": unet, "text_encoder": text_encoder})  # see load_lora_weights()
         self.lora_library: Library | None = None  # the folder <lora:NAME:...> tags name files in
+        self.exact_plms = False  # img2img with PLMS: diffusers' start (False) or the exact one (see from_strength)
         for model in (self.unet, self.vae):
             kernels.by_shape(model)  # on CPU, each 3x3 convolution by the algorithm fastest for its shape
         allocator.keep_freed_memory()  # activations reuse freed memory instead of faulting pages back in
@@ -113,6 +125,15 @@ class StableDiffusionPipeline:
 
     from_single_file = from_pretrained
 
+    @classmethod
+    def from_pipe(cls, pipe: "StableDiffusionPipeline", scheduler: Scheduler | None = None):
+        """This kind of pipeline over `pipe`'s networks, LoRAs, embeddings and speed options: nothing is copied,
+        and what is loaded into one is in both."""
+        new = cls.__new__(cls)
+        new.__dict__.update(pipe.__dict__)
+        new.scheduler = scheduler or pipe.scheduler
+        return new
+
     # -- the diffusers object surface ---------------------------------------------------------------
     @property
     def device(self) -> torch.device:
@@ -124,7 +145,7 @@ class StableDiffusionPipeline:
 
     @property
     def config(self) -> FrozenConfig:
-        return FrozenConfig(_class_name="StableDiffusionPipeline", _name_or_path=str(self.source or ""),
+        return FrozenConfig(_class_name=type(self).__name__, _name_or_path=str(self.source or ""),
                             scheduler=self.scheduler.config._class_name)
 
     def to(self, device=None, dtype: torch.dtype | None = None) -> "StableDiffusionPipeline":
@@ -303,7 +324,7 @@ class StableDiffusionPipeline:
         `prompt_syntax` ("plain": diffusers' reading; "a1111": emphasis, long prompts, BREAK, prompt editing;
         see `sumie.prompts`), `clip_skip` (diffusers' meaning) and `emphasis` ("original" or "none").
         cross_attention_kwargs={"scale": s} applies the LoRAs at scale s for this call. (`_init`: img2img's
-        (image, strength), given by StableDiffusionImg2ImgPipeline.)"""
+        `Init`, given by the img2img and inpainting pipelines.)"""
         extra = dict(cross_attention_kwargs or {})
         scale = extra.pop("scale", None)
         warn_unsupported({**diffusers_only, **({"cross_attention_kwargs": extra} if extra else {})},
@@ -333,7 +354,8 @@ class StableDiffusionPipeline:
         syntax.check_options(prompt_syntax, emphasis, clip_skip)
         prompts = [prompt] if isinstance(prompt, str) else list(prompt)
         negatives = self._negatives(negative_prompt, prompts)
-        init = None if _init is None else image_tensor(_init[0], height, width, self.vae_scale_factor)
+        init = None if _init is None else image_tensor(_init.image, height, width, self.vae_scale_factor)
+        mask = None if _init is None or _init.mask is None else mask_tensor(_init.mask, *init.shape[-2:])
         native = self.unet.config.sample_size * self.vae_scale_factor
         default_height, default_width = (native, native) if init is None else init.shape[-2:]
         height, width = default_height if height is None else height, default_width if width is None else width
@@ -341,8 +363,8 @@ class StableDiffusionPipeline:
                     output_type)
         sampling = Sampling.create(scheduler or self.scheduler.sampler_id, self.scheduler._raw, num_inference_steps,
                                    karras=self.scheduler.karras if karras is None else karras)
-        if init is not None:
-            sampling = sampling.from_strength(_init[1])  # img2img runs the last strength * steps steps
+        if init is not None:  # img2img runs the last strength * steps steps
+            sampling = sampling.from_strength(_init.strength, exact_plms=self.exact_plms)
         batch = len(prompts) * num_images_per_prompt
         if seed is not None:
             generator = [torch.Generator("cpu").manual_seed(seed + i) for i in range(batch)]
@@ -364,15 +386,21 @@ class StableDiffusionPipeline:
 
         # 2. The starting noise (B, C, H/f, W/f): drawn on the CPU generator in float32, so a seed gives the same
         # image on any device, scaled to the sampler's first noise level; for img2img, added to the init image's
-        # latents at the first step kept (diffusers' prepare_latents: each image's encoding draws first)
+        # latents at the first step kept (diffusers' prepare_latents: each image's encoding draws first). An
+        # inpainting UNet also gets (B, 5, h, w) more input channels: the mask and the masked image's latents.
         f = self.vae_scale_factor
-        shape = (batch, self.unet.config.in_channels, height // f, width // f)
+        shape = (batch, self.vae.config.latent_channels, height // f, width // f)
+        between, extra = None, None  # inpainting's blend between steps, and the inpainting UNet's extra channels
         if init is None:
             x = randn(shape, generator, "cpu") if latents is None else latents.float().cpu()
             x = x.to(self.execution_device) * sampling.init_noise_sigma
-        else:
+            if self.unet.config.in_channels == 9:
+                extra = self._whole_image_masked(shape)
+        elif mask is None:
             x0 = self._encode_images(init, generator, batch)
             x = sampling.noised(x0, randn(shape, generator, "cpu").to(x0.device))
+        else:
+            x, between, extra = self._inpaint_start(init, mask, _init, sampling, generator, shape)
 
         # 3. Denoise: the sampler asks for the model's prediction at each step (see schedulers.protocol)
         unet = self.unet if self._compiled is None else self._compiled
@@ -380,6 +408,8 @@ class StableDiffusionPipeline:
         def denoise(x_in: torch.Tensor, t, rows: range) -> torch.Tensor:
             """The guided prediction of noise (or v) for images `rows`: (b, C, h, w) -> (b, C, h, w) float32."""
             x_in, t = x_in.to(self.dtype), torch.as_tensor(t, device=x_in.device)  # a tensor t: no recompiles
+            if extra is not None:
+                x_in = torch.cat([x_in, extra[rows.start:rows.stop].to(x_in)], 1)
             context = [syntax.at_call(cond[i], call) for i in rows]
             if guided:  # the negative prompts first, then the prompts: (2b, 77 * k, D)
                 context = [syntax.at_call(uncond[i], call) for i in rows] + context
@@ -400,7 +430,7 @@ class StableDiffusionPipeline:
             call += 1
             return out
 
-        x = self._sample(sampling, x, model, generator, callback_on_step_end)
+        x = self._sample(sampling, x, model, generator, callback_on_step_end, between)
 
         # 4. Decode the latents to images
         if output_type == "latent":
@@ -414,19 +444,57 @@ class StableDiffusionPipeline:
         return PipelineOutput([Image.fromarray((a * 255).round().astype(np.uint8)) for a in array])
 
     @torch.no_grad()
-    def _encode_images(self, images: torch.Tensor, generator, batch: int) -> torch.Tensor:
-        """(b, 3, H, W) in [-1, 1] -> (batch, 4, H/f, W/f) scaled latents drawn from the VAE's posterior: one image
-        and generator at a time with a generator per image, else the whole batch with the one generator."""
+    def _encode_images(self, images: torch.Tensor, generator, batch: int, *, each_output: bool = True) -> torch.Tensor:
+        """(b, 3, H, W) in [-1, 1] -> (batch, 4, H/f, W/f) scaled latents drawn from the VAE's posterior. With a
+        generator per image, each image is encoded on its own with its generator: as diffusers' img2img, one copy
+        per output image (`each_output`), or as its inpainting, each given image once. With one generator, the
+        given images at once."""
         if batch % len(images):
             raise InputError(f"got {len(images)} init images for {batch} images; give one, or one per image")
         with self._placed(self.vae):
             images = images.to(self.execution_device, self.vae.dtype)
             if isinstance(generator, list):
-                images = images.repeat(batch // len(images), 1, 1, 1)
-                x0 = torch.cat([self.vae.encode(images[i:i + 1]).sample(g) for i, g in enumerate(generator)])
+                images = images.repeat(batch // len(images), 1, 1, 1) if each_output else images
+                x0 = torch.cat([self.vae.encode(images[i:i + 1]).sample(generator[i]) for i in range(len(images))])
             else:
-                x0 = self.vae.encode(images).sample(generator).repeat(batch // len(images), 1, 1, 1)
-        return x0.float() * self.vae.config.scaling_factor
+                x0 = self.vae.encode(images).sample(generator)
+        return x0.repeat(batch // len(x0), 1, 1, 1).float() * self.vae.config.scaling_factor
+
+    def _inpaint_start(self, init: torch.Tensor, mask: torch.Tensor, given: Init, sampling: Sampling, generator,
+                       shape: tuple) -> tuple:
+        """diffusers' inpainting start -> (latents, blend between steps or None, extra UNet channels or None).
+
+        init (b, 3, H, W) in [-1, 1], mask (b, 1, H, W) of 0 / 1. At strength 1 the latents are pure noise. An
+        inpainting UNet (9 input channels) sees the mask and the masked image's latents beside the latents; any other
+        UNet's latents are, after every step, the image's own latents noised to the next step's level wherever the
+        mask is 0 (Lugmayr et al. 2022, RePaint's known-region update, without resampling). The generators draw as
+        diffusers': the image's encoding (not for a 9-channel UNet at strength 1), the noise, the masked image's."""
+        batch, nine, pure = shape[0], self.unet.config.in_channels == 9, given.strength == 1
+        x0 = None if nine and pure else self._encode_images(init, generator, batch, each_output=False)
+        noise = randn(shape, generator, "cpu").to(self.execution_device)
+        x = noise * sampling.init_noise_sigma if pure else sampling.noised(x0, noise)
+        masked = given.masked_latents
+        if masked is None:
+            masked = self._encode_images(init * (mask < 0.5), generator, batch, each_output=False)
+        masked = masked.float().to(x.device).repeat(batch // len(masked), 1, 1, 1)
+        mask = F.interpolate(mask, size=shape[-2:]).to(x.device).repeat(batch // len(mask), 1, 1, 1)
+        if nine:
+            return x, None, torch.cat([mask, masked], 1)
+
+        def between(x: torch.Tensor, request) -> torch.Tensor:
+            kept = x0 if request is None else noised(x0, noise, request)
+            return (1 - mask) * kept + mask * x
+        return x, between, None
+
+    def _whole_image_masked(self, shape: tuple) -> torch.Tensor:
+        """An inpainting UNet's extra channels for text to image, as A1111 gives them: the whole image masked,
+        over the latents of a flat grey image (the posterior's mean). (B, 5, h, w)."""
+        f = self.vae_scale_factor
+        grey = torch.zeros(1, 3, shape[2] * f, shape[3] * f, device=self.execution_device, dtype=self.vae.dtype)
+        with self._placed(self.vae):
+            latents = self.vae.encode(grey).mode().float() * self.vae.config.scaling_factor
+        ones = torch.ones(shape[0], 1, *shape[2:], device=latents.device)
+        return torch.cat([ones, latents.expand(shape[0], -1, -1, -1)], 1)
 
     @property
     def _one_at_a_time(self) -> bool:
@@ -435,7 +503,8 @@ class StableDiffusionPipeline:
         kernels choose their blocking by the batch's size); otherwise the batch goes through at once."""
         return self.execution_device.type == "cpu" if self.batch_invariant is None else self.batch_invariant
 
-    def _sample(self, sampling: Sampling, x: torch.Tensor, model, generator, callback_on_step_end) -> torch.Tensor:
+    def _sample(self, sampling: Sampling, x: torch.Tensor, model, generator, callback_on_step_end,
+                between=None) -> torch.Tensor:
         """Run the sampler from `x` with a progress bar, the step callback, and interruption."""
         bar = tqdm(total=len(sampling.schedule), **{"disable": False, **self._progress})
         self._interrupt = False
@@ -451,7 +520,7 @@ class StableDiffusionPipeline:
         noise = lambda like: randn(like.shape, generator, like.device)
         try:
             with self._placed(self.unet):
-                return run(sampling.start(x, noise), model, sampling.prediction_type, on_step)
+                return run(sampling.start(x, noise), model, sampling.prediction_type, on_step, between)
         except _Interrupted as stop:
             return stop.latents
         finally:
@@ -484,6 +553,25 @@ class StableDiffusionImg2ImgPipeline(StableDiffusionPipeline):
     def __call__(self, prompt: str | list[str], image=None, strength: float = 0.8, **kwargs) -> PipelineOutput:
         if image is None:
             raise InputError("give an init image: pipe(prompt, image=PIL.Image.open(...), strength=0.75)")
-        if not isinstance(strength, (int, float)) or not 0 <= strength <= 1:
-            raise InputError(f"strength must be from 0 to 1 (got {strength!r})")
-        return super().__call__(prompt, _init=(image, strength), **kwargs)
+        _check_strength(strength)
+        return super().__call__(prompt, _init=Init(image, strength), **kwargs)
+
+
+def _check_strength(strength) -> None:
+    if not isinstance(strength, (int, float)) or not 0 <= strength <= 1:
+        raise InputError(f"strength must be from 0 to 1 (got {strength!r})")
+
+
+class StableDiffusionInpaintPipeline(StableDiffusionPipeline):
+    """diffusers' inpainting: `mask_image` white where the image is repainted. With an inpainting UNet (9 input
+    channels: SD 1.5-inpainting, SD 2-inpainting) the UNet sees the mask and the masked image; with any other the
+    kept region is put back after every step (see `_inpaint_start`). Other arguments as text to image."""
+
+    @torch.no_grad()
+    def __call__(self, prompt: str | list[str], image=None, mask_image=None,
+                 masked_image_latents: torch.Tensor | None = None, strength: float = 1.0, **kwargs) -> PipelineOutput:
+        if image is None or mask_image is None:
+            raise InputError("give an image and a mask: pipe(prompt, image=..., mask_image=...), the mask white "
+                             "where the image is repainted")
+        _check_strength(strength)
+        return super().__call__(prompt, _init=Init(image, strength, mask_image, masked_image_latents), **kwargs)

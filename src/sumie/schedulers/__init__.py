@@ -18,7 +18,7 @@ import torch
 
 from ..errors import InputError
 from .config import SchedulerConfig, parse_config
-from .protocol import Eval, Prediction, predict, randn, run
+from .protocol import Eval, Prediction, noised, predict, randn, run
 from .registry import BY_DIFFUSERS_CLASS, IDS, SAMPLERS, describe, from_a1111, spec_for
 from .schedule import Schedule, check_steps, sigma_schedule
 
@@ -45,14 +45,25 @@ class Sampling:
     def init_noise_sigma(self) -> float:
         return self.schedule.init_noise_sigma
 
-    def from_strength(self, strength: float) -> "Sampling":
-        """The last int(steps * strength) steps, as diffusers' img2img keeps them (get_timesteps)."""
+    def from_strength(self, strength: float, *, exact_plms: bool = False) -> "Sampling":
+        """The last int(steps * strength) steps, as diffusers' img2img keeps them (get_timesteps).
+
+        PLMS: diffusers cuts PNDM's timestep list [t0, t1, t1, t2, ...] (its warm-up repeats t1) at the same index,
+        so from the second step on it starts one step early, loses the repeat, and then steps each latent as if it
+        were one timestep further down. By default that is what runs here too (diffusers' images); `exact_plms`
+        starts PLMS exactly at the kept steps instead."""
         n = len(self.schedule)
-        begin = max(n - min(int(n * strength), n), 0)
+        begin = n - min(int(n * strength), n)
         if begin >= n:
             raise InputError(f"strength {strength} leaves no steps of {n}: use a strength of at least {1 / n:.3g} "
                              f"or more steps")
-        return dataclasses.replace(self, schedule=self.schedule.after(begin))
+        if self.sampler_id != "pndm" or exact_plms or begin == 0 or n < 2:
+            return dataclasses.replace(self, schedule=self.schedule.after(begin))
+        s = self.schedule.after(begin - 1)  # diffusers' list from index `begin`: t[begin-1], t[begin], ...
+        if begin == 1:  # ... or, cut just after t0, [t1, t1, t2, ...]
+            s = dataclasses.replace(s, timesteps=torch.cat([s.timesteps[1:2], s.timesteps[1:]]),
+                                    sigmas=torch.cat([s.sigmas[1:2], s.sigmas[1:]]))
+        return dataclasses.replace(self, schedule=dataclasses.replace(s, repeat_warmup=False))
 
     def noised(self, x0: torch.Tensor, noise: torch.Tensor) -> torch.Tensor:
         """A clean latent noised to the schedule's first level, in the sampler's own space (diffusers'
@@ -68,4 +79,4 @@ class Sampling:
 
 
 __all__ = ["BY_DIFFUSERS_CLASS", "Eval", "IDS", "Prediction", "SAMPLERS", "Sampling", "Schedule", "SchedulerConfig",
-           "describe", "from_a1111", "parse_config", "predict", "randn", "run", "spec_for"]
+           "describe", "from_a1111", "noised", "parse_config", "predict", "randn", "run", "spec_for"]

@@ -79,6 +79,8 @@ def plms(x: torch.Tensor, s: Schedule, noise: Noise | None = None, v_prediction:
         return _transfer((x - (1 - a) ** 0.5 * eps) / a ** 0.5, eps, _alpha(s, t_to))
 
     for i, t in enumerate(ts):
+        if i == 1 and not s.repeat_warmup:
+            continue
         p = yield _vp(x, s, t)
         if i == 0 and len(ts) > 1:
             p2 = yield _vp(step(x, p.output, t, t - r), s, ts[1])

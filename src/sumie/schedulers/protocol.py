@@ -58,11 +58,22 @@ def predict(output: torch.Tensor, request: Eval, prediction_type: str, sample: t
     return Prediction(a ** 0.5 * x - (1 - a) ** 0.5 * output, a ** 0.5 * output + (1 - a) ** 0.5 * x, output)
 
 
+def noised(x0: torch.Tensor, noise: torch.Tensor, request: Eval) -> torch.Tensor:
+    """Clean latent `x0` noised to the level at which `request` evaluates the model, in the sampler's own space
+    (diffusers' scheduler.add_noise): x0 + sigma * noise, or sqrt(a) x0 + sqrt(1 - a) noise in VP space."""
+    if request.sigma is not None:
+        return x0 + request.sigma * noise
+    return request.alpha_bar ** 0.5 * x0 + (1 - request.alpha_bar) ** 0.5 * noise
+
+
 def run(sampler: Sampler, model: Callable[[torch.Tensor, object], torch.Tensor], prediction_type: str,
-        on_step: Callable[[int, object, torch.Tensor], None] | None = None) -> torch.Tensor:
+        on_step: Callable[[int, object, torch.Tensor], None] | None = None,
+        between: Callable[[torch.Tensor, Eval | None], torch.Tensor] | None = None) -> torch.Tensor:
     """Drive `sampler` to the end: model(model_input, timestep) -> raw UNet output.
 
-    on_step(i, timestep, latents) runs after each model call, with the sample the sampler moved to."""
+    between(x, request) -> x replaces each sample the sampler moves to, before the model sees it (`request`: the
+    next evaluation, None after the last step); the sampler goes on from the replacement, as diffusers' inpainting
+    loop changes the latents between scheduler steps. on_step(i, timestep, latents) runs after each model call."""
     request, i = next(sampler), 0
     while True:
         prediction = predict(model(request.sample * request.scale, request.timestep), request, prediction_type)
@@ -70,9 +81,12 @@ def run(sampler: Sampler, model: Callable[[torch.Tensor, object], torch.Tensor],
         try:
             request = sampler.send(prediction)
         except StopIteration as done:
+            x = done.value if between is None else between(done.value, None)
             if on_step is not None:
-                on_step(i, t, done.value)
-            return done.value
+                on_step(i, t, x)
+            return x
+        if between is not None:  # in place: the yielded tensor is the sampler's own latent
+            request.sample.copy_(between(request.sample, request))
         if on_step is not None:
             on_step(i, t, request.sample)
         i += 1

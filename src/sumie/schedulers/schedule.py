@@ -90,6 +90,8 @@ class Schedule:
         noise for the starting latent, in the sampler's own space. step_ratio and final_alpha: the
         discrete samplers' (DDIM, PLMS) stride in training timesteps, and the alpha their last step lands on.
         skipped_sigmas: the levels before the first step, when img2img starts part-way (`after`).
+        repeat_warmup: PLMS evaluates its second timestep again after its warm-up step (False: as diffusers'
+        img2img, whose cut of PNDM's timestep list drops that repeat; see `Sampling.from_strength`).
     """
 
     timesteps: torch.Tensor
@@ -99,6 +101,7 @@ class Schedule:
     step_ratio: int | None = None
     final_alpha: torch.Tensor | None = None
     skipped_sigmas: torch.Tensor | None = None
+    repeat_warmup: bool = True
 
     def __len__(self) -> int:
         return len(self.timesteps)
