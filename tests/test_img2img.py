@@ -1,163 +1,121 @@
-"""`pipeline`'s img2img and inpainting: images equal diffusers' StableDiffusionImg2ImgPipeline and
-StableDiffusionInpaintPipeline on small random SD 1 / SD 2 (v-prediction) folders, for 4-channel UNets and for
-9-channel inpainting UNets, with a non-square image and a batch of two."""
+"""`img2img`: A1111's resize modes, mask blur, masked content, only-masked crop, overlay and step count, each by
+pixels on small synthetic images (A1111's documented behaviour; no oracle is installable)."""
 
 import numpy as np
 import pytest
-import torch
 from PIL import Image
 
-from oracle import write_model_folder
 from sumie.errors import InputError
-from sumie.pipeline import StableDiffusionImg2ImgPipeline, StableDiffusionInpaintPipeline, StableDiffusionPipeline
-
-INIT = Image.fromarray((np.random.default_rng(0).random((40, 56, 3)) * 255).astype(np.uint8))
-_mask = np.zeros((40, 56), np.uint8)
-_mask[8:30, 10:40] = 255
-MASK = Image.fromarray(_mask)  # white: repaint
-SAMPLERS = ["pndm", "ddim", "euler-a", "dpm++2m"]  # the issue's four; the others at one strength below
-STRENGTHS = [0.3, 0.75, 1.0]
+from sumie.img2img import Img2Img, blur_mask, crop_region, fill_masked, prepare, resize, run, steps_for
 
 
-def pair(ours_cls, theirs_name, folder):
-    import diffusers
-    ours = ours_cls.from_pretrained(folder)
-    theirs = getattr(diffusers, theirs_name).from_pretrained(folder, safety_checker=None)
-    for p in (ours, theirs):
-        p.set_progress_bar_config(disable=True)
-    return ours, theirs
+def stripes(w: int, h: int) -> Image.Image:
+    """Columns coloured by x (red) and rows by y (green): where each pixel came from is readable."""
+    a = np.zeros((h, w, 3), np.uint8)
+    a[..., 0] = np.linspace(0, 255, w)[None, :]
+    a[..., 1] = np.linspace(0, 255, h)[:, None]
+    return Image.fromarray(a)
 
 
-def use_sampler(theirs, sampler_id: str) -> None:
-    """diffusers' scheduler for `sampler_id`, from the folder's config (PNDM without its Runge-Kutta steps, which
-    sumie does not implement and SD folders do not use)."""
-    import diffusers
-    from sumie.schedulers import SAMPLERS as ALL
-    extra = {"algorithm_type": "sde-dpmsolver++"} if sampler_id == "dpm++2m-sde" else {}
-    extra = {"skip_prk_steps": True} if sampler_id == "pndm" else extra
-    config = getattr(theirs, "_sumie_config", None) or theirs.scheduler.config
-    theirs._sumie_config = config
-    theirs.scheduler = getattr(diffusers, ALL[sampler_id].diffusers).from_config(config, **extra)
+def test_resize_modes():
+    src = Image.new("RGB", (40, 20), (200, 10, 10))  # 2:1 into a square
+    assert resize(src, 16, 16, 0).size == (16, 16)  # just resize: stretched, all red
+    assert np.asarray(resize(src, 16, 16, 0))[..., 0].min() > 190
+    wide = stripes(40, 20)
+    crop = np.asarray(resize(wide, 16, 16, 1), dtype=int)  # crop and resize: 32x16 scaled, the middle 16 kept
+    assert abs(crop[8, 0, 0] - 64) <= 8 and abs(crop[8, -1, 0] - 191) <= 8  # x = 10..30 of 40 -> red 64..191
+    two = Image.new("RGB", (40, 20))
+    two.paste((255, 0, 0), (0, 0, 40, 10))
+    two.paste((0, 0, 255), (0, 10, 40, 20))
+    fill = np.asarray(resize(two, 16, 16, 2), dtype=int)  # fit 16x8 in the middle; bands from the edge rows
+    assert (fill[:4, :, 0] > 200).all() and (fill[:4, :, 2] < 50).all()  # above: the top row (red) stretched
+    assert (fill[-4:, :, 2] > 200).all() and (fill[-4:, :, 0] < 50).all()  # below: the bottom row (blue)
+    assert np.array_equal(np.asarray(resize(two, 16, 16, 3)), np.asarray(resize(two, 16, 16, 0)))
 
 
-def assert_equal(ours, theirs, sampler_id: str, **kw) -> np.ndarray:
-    """Both pipelines' images for two prompts (a batch of two) from seeds 3 and 4, within 2 levels of 255."""
-    use_sampler(theirs, sampler_id)
-    kw = dict(prompt=["a red circle", "a blue square"], num_inference_steps=4, output_type="np", **kw)
-    a = theirs(**kw, generator=[torch.Generator().manual_seed(3 + i) for i in range(2)]).images
-    b = ours(**kw, seed=3, scheduler=sampler_id).images
-    assert a.shape == b.shape == (2, 40, 56, 3)
-    assert np.abs(a - b).max() * 255 <= 2, (sampler_id, kw.get("strength"), np.abs(a - b).max() * 255)
-    return b
+def test_mask_blur_is_a_gaussian_of_a1111s_kernel_size_in_each_direction():
+    a = np.zeros((41, 41), np.uint8)
+    a[:, 20] = 255  # one white column
+    out = np.asarray(blur_mask(Image.fromarray(a), 4, 0), dtype=float)
+    r = int(2.5 * 4 + 0.5)  # 10: 21 taps
+    g = np.exp(-0.5 * (np.arange(-r, r + 1) / 4) ** 2)
+    expected = 255 * g / g.sum()
+    assert np.abs(out[7, 20 - r:21 + r] - expected).max() <= 0.5  # the profile across: the kernel itself
+    assert (out[:, :20 - r] == 0).all() and (out[:, 21 + r:] == 0).all()  # nothing past the kernel's reach
+    assert (out == out[0]).all()  # no blur down
+    down = np.asarray(blur_mask(Image.fromarray(a.T.copy()), 0, 4), dtype=float)
+    assert np.array_equal(down, out.T)
 
 
-def cases(models: list[str], samplers: list[str]) -> list:
-    """(model, sampler, strength): in the fast tier each model and sampler at one strength, in turn; the rest slow."""
-    return [pytest.param(m, s, strength, id=f"{m}-{s}-{strength}",
-                         marks=() if k == (i + j) % len(STRENGTHS) else pytest.mark.slow)
-            for i, m in enumerate(models) for j, s in enumerate(samplers) for k, strength in enumerate(STRENGTHS)]
+def test_crop_region_pads_and_takes_the_output_aspect_ratio():
+    m = np.zeros((100, 200), np.uint8)
+    m[40:50, 90:100] = 255
+    assert crop_region(Image.fromarray(m), 5, 64, 64) == (85, 35, 105, 55)  # 10x10 + 5 each side, square
+    x1, y1, x2, y2 = crop_region(Image.fromarray(m), 5, 128, 64)  # 2:1
+    assert (x2 - x1, y2 - y1) == (40, 20) and x1 <= 85 and x2 >= 105
+    assert crop_region(Image.new("L", (10, 10)), 5, 8, 8) is None
 
 
-@pytest.fixture(scope="module")
-def pipes(sd1_folder, sd2_folder, tmp_path_factory):
-    """pipes(kind, inpainting) -> (ours, theirs), each pair built once. kind: "sd1-4", "sd2-9", ..."""
-    made = {}
-
-    def get(kind: str, inpainting: bool):
-        if (kind, inpainting) not in made:
-            model, channels = kind.split("-")
-            folder = {"sd1": sd1_folder, "sd2": sd2_folder}[model]
-            if channels == "9":
-                folder = write_model_folder(tmp_path_factory.mktemp(kind), model, seed=20, inpainting=True)
-            names = ("StableDiffusionInpaintPipeline" if inpainting else "StableDiffusionImg2ImgPipeline")
-            made[kind, inpainting] = pair(StableDiffusionInpaintPipeline if inpainting else
-                                          StableDiffusionImg2ImgPipeline, names, folder)
-        return made[kind, inpainting]
-    return get
+def test_fill_paints_the_hole_with_the_colours_around_it():
+    src = Image.new("RGB", (32, 32), (0, 0, 255))
+    src.paste((255, 0, 0), (0, 0, 16, 32))  # red left half, blue right half
+    src.paste((0, 255, 0), (12, 12, 20, 20))  # a green square to hide
+    m = Image.new("L", (32, 32))
+    m.paste(255, (12, 12, 20, 20))
+    out = np.asarray(fill_masked(src, m), dtype=int)
+    assert out[16, 12:20, 1].max() < 60  # no green left
+    assert out[16, 12, 0] > out[16, 12, 2] and out[16, 19, 2] > out[16, 19, 0]  # red side reddish, blue side bluish
+    assert np.array_equal(out[:12], np.asarray(src)[:12])  # outside the hole: untouched
 
 
-@pytest.mark.parametrize("kind,sampler_id,strength", cases(["sd1-4", "sd2-4"], SAMPLERS))
-def test_img2img_equals_diffusers(pipes, kind, sampler_id, strength):
-    """The last strength * steps steps, from the init image's latents noised there, the VAE's posterior drawing
-    from each image's generator before the noise does. PLMS starts as diffusers' does (see from_strength)."""
-    assert_equal(*pipes(kind, False), sampler_id, image=INIT, strength=strength)
+def test_overlay_keeps_unmasked_pixels_and_only_masked_pastes_back():
+    src = stripes(48, 32)
+    m = Image.new("L", (48, 32))
+    m.paste(255, (20, 10, 30, 20))
+    job = Img2Img(mask=m, mask_blur_x=0, mask_blur_y=0, only_masked=True, padding=2)
+    p = prepare([src], job, 16, 16)
+    assert p.region == (18, 8, 32, 22)  # x 20-29, y 10-19, 2 pixels more each side: square already
+    assert p.images[0].size == (16, 16) and p.mask.size == (16, 16)
+    result = np.asarray(p.finish(Image.new("RGB", (16, 16), (1, 2, 3)), 0), dtype=int)
+    assert result.shape == (32, 48, 3)
+    inside, outside = result[12:18, 22:28], np.delete(result, np.s_[10:20], axis=0)
+    assert (inside == (1, 2, 3)).all()
+    assert np.array_equal(outside, np.delete(np.asarray(src, dtype=int), np.s_[10:20], axis=0))
+    whole = prepare([src], Img2Img(mask=m, mask_blur_x=0, mask_blur_y=0), 48, 32)
+    out = np.asarray(whole.finish(Image.new("RGB", (48, 32), (1, 2, 3)), 0), dtype=int)
+    assert (out[10:20, 20:30] == (1, 2, 3)).all() and np.array_equal(out[:10], np.asarray(src)[:10])
 
 
-@pytest.mark.slow
-@pytest.mark.parametrize("sampler_id", ["euler", "heun", "lms", "ddpm", "dpm++2m-sde", "unipc"])
-def test_img2img_other_samplers_equal_diffusers(pipes, sampler_id):
-    assert_equal(*pipes("sd1-4", False), sampler_id, image=INIT, strength=0.75)
+def test_a_mask_of_another_size_is_resized_and_inverting_swaps_the_regions():
+    src = stripes(48, 32)
+    m = Image.new("L", (24, 16))
+    m.paste(255, (0, 0, 12, 16))  # the left half, at half size
+    p = prepare([src], Img2Img(mask=m, mask_blur_x=0, mask_blur_y=0), 48, 32)
+    a = np.asarray(p.mask)
+    assert a[:, :22].min() > 200 and a[:, 26:].max() < 50
+    q = prepare([src], Img2Img(mask=m, mask_blur_x=0, mask_blur_y=0, invert_mask=True), 48, 32)
+    assert np.asarray(q.mask)[:, 26:].min() > 200
 
 
-@pytest.mark.parametrize("kind,sampler_id,strength", cases(["sd1-4", "sd1-9", "sd2-4", "sd2-9"], SAMPLERS))
-def test_inpainting_equals_diffusers(pipes, kind, sampler_id, strength):
-    """A 9-channel UNet sees the mask and the masked image's latents; a 4-channel one gets the image's own latents,
-    noised to each next step's level, put back where the mask is black after every step."""
-    assert_equal(*pipes(kind, True), sampler_id, image=INIT, mask_image=MASK, strength=strength, height=40, width=56)
-
-
-@pytest.mark.slow
-@pytest.mark.parametrize("sampler_id", ["euler", "heun", "lms", "ddpm", "dpm++2m-sde", "unipc"])
-def test_inpainting_other_samplers_equal_diffusers(pipes, sampler_id):
-    assert_equal(*pipes("sd1-4", True), sampler_id, image=INIT, mask_image=MASK, strength=0.75, height=40, width=56)
-
-
-def test_plms_exact_start_is_the_fix_on_top(sd1_folder):
-    """exact_plms: PLMS starts at the kept steps, not one early with a step skipped: other numbers than diffusers',
-    and at strength 1 (nothing cut) the same."""
-    pipe = StableDiffusionImg2ImgPipeline.from_pretrained(sd1_folder)
-    kw = dict(image=INIT, num_inference_steps=8, seed=1, scheduler="pndm", output_type="np")
-    calls = []
-    pipe.set_progress_bar_config(disable=True)
-    as_diffusers = pipe("x", strength=0.5, **kw, callback_on_step_end=lambda p, i, t, d: calls.append(int(t)) or d)
-    pipe.exact_plms = True
-    exact = pipe("x", strength=0.5, **kw, callback_on_step_end=lambda p, i, t, d: calls.append(int(t)) or d).images
-    # of 876, 751, ..., 1 the last 4: diffusers' warm-up begins one step early; the exact one repeats its second step
-    assert calls == [501, 376, 251, 126, 1] + [376, 251, 251, 126, 1]
-    assert np.abs(exact - as_diffusers.images).max() > 0.01
-    full = [pipe("x", strength=1.0, **kw).images for pipe.exact_plms in (True, False)]
-    assert np.array_equal(*full)
-
-
-def test_img2img_keeps_more_of_the_image_at_a_lower_strength(pipes):
-    ours, theirs = pipes("sd1-4", False)
-    init = np.asarray(INIT, dtype=np.float32) / 255
-    use_sampler(theirs, "euler")
-    kw = dict(prompt="x", image=INIT, strength=0.6, num_inference_steps=10, output_type="np")
-    one = theirs(**kw, generator=torch.Generator().manual_seed(1)).images  # one generator, not a list
-    assert np.abs(ours(**kw, scheduler="euler", generator=torch.Generator().manual_seed(1)).images - one).max() * 255 <= 2
-    far = [np.abs(ours("x", image=INIT, strength=s, num_inference_steps=10, seed=2, output_type="np").images[0]
-                  - init).mean() for s in (0.2, 1.0)]
-    assert far[0] < far[1]
-    for bad, needle in (({"strength": 1.5}, "strength must be from 0 to 1"), ({"strength": 0.05}, "leaves no steps"),
-                        ({"image": None}, "give an init image")):
+def test_step_counts():
+    assert steps_for(0.75, 20, False) == (20, 0.75)  # int(0.75 * 20) = 15 of 20
+    assert steps_for(1.0, 20, False) == (20, 0.999)  # A1111 caps at 0.999: 19 of 20
+    total, kept = steps_for(0.75, 20, True)  # exactly 20 steps of a 26-step schedule
+    assert total == 26 and int(total * kept) == 20
+    with pytest.raises(InputError, match="runs no steps"):
+        steps_for(0.0, 20, True)
+    for bad, needle in ((Img2Img(strength=1.5), "from 0 to 1"), (Img2Img(resize_mode=4), "resize mode"),
+                        (Img2Img(inpainting_fill=7), "inpainting fill")):
         with pytest.raises(InputError, match=needle):
-            ours("x", **{"image": INIT, "num_inference_steps": 10, **bad})
+            bad.check()
 
 
-def test_inpainting_keeps_the_unmasked_latents_and_changes_the_masked(sd1_folder):
-    """A 4-channel UNet: outside the mask the final latents are the image's own, exactly; inside they are not."""
-    pipe = StableDiffusionInpaintPipeline.from_pretrained(sd1_folder)
-    pipe.set_progress_bar_config(disable=True)
-    latents = pipe("x", image=INIT, mask_image=MASK, num_inference_steps=4, seed=1, output_type="latent").images
-    from sumie.images import image_tensor
-    x0 = pipe.vae.encode(image_tensor(INIT)).sample(torch.Generator().manual_seed(1)) * pipe.vae.config.scaling_factor
-    keep = torch.ones(20, 28, dtype=torch.bool)  # this VAE halves: pixel rows 8-29 and columns 10-39 -> 4-14, 5-19
-    keep[4:15, 5:20] = False
-    assert torch.equal(latents[0][:, keep], x0[0][:, keep])
-    assert (latents[0][:, ~keep] - x0[0][:, ~keep]).abs().mean() > 0.1
+def test_an_all_black_mask_changes_nothing_and_runs_nothing():
+    src = stripes(32, 32)
 
-
-@pytest.mark.parametrize("kind", ["sd1-9", "sd2-9"])
-def test_from_pipe_shares_the_networks_and_an_inpainting_unet_runs_text_to_image(pipes, kind):
-    """from_pipe copies nothing. Text to image with a 9-channel UNet runs as A1111 runs it: the whole image masked,
-    over a grey image's latents."""
-    ours, _ = pipes(kind, True)
-    plain = StableDiffusionPipeline.from_pipe(ours)
-    assert plain.unet is ours.unet and plain.loras is ours.loras and type(plain) is StableDiffusionPipeline
-    image = plain("x", num_inference_steps=3, seed=1, output_type="np").images
-    assert image.shape == (1, 32, 32, 3) and image.std() > 0.01
-    with pytest.raises(InputError, match="give an image and a mask"):
-        ours("x", image=INIT)
-    with pytest.raises(InputError, match="strength must be from 0 to 1"):
-        ours("x", image=INIT, mask_image=MASK, strength=-0.1)
+    class NoModel:  # a pipeline that must not be called
+        def __getattr__(self, name):
+            raise AssertionError("the model ran")
+    out = run(NoModel(), [src], Img2Img(mask=Image.new("L", (32, 32))), width=32, height=32, steps=10,
+              prompt=["x", "y"])
+    assert len(out) == 2 and all(np.array_equal(np.asarray(o), np.asarray(src)) for o in out)

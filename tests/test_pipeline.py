@@ -1,5 +1,5 @@
 """`pipeline`: images equal diffusers' StableDiffusionPipeline on small random SD1 / SD2 (v-prediction) folders
-(img2img and inpainting: test_img2img.py)."""
+(img2img and inpainting: test_pipeline_img2img.py)."""
 
 import numpy as np
 import pytest

@@ -218,3 +218,66 @@ def test_binding_beyond_localhost_warns_without_a_key(sd1_folder):
     finally:
         err = s.stop()
     assert "no --api-key" in err
+
+
+def _scene(w=40, h=32) -> Image.Image:
+    """A red square on white: structure that img2img keeps and inpainting replaces."""
+    im = Image.new("RGB", (w, h), (255, 255, 255))
+    im.paste((220, 30, 30), (10, 6, 30, 26))
+    return im
+
+
+def test_webuiapi_img2img_and_inpainting_round_trip(server):
+    import numpy as np
+    api = webuiapi.WebUIApi(host="127.0.0.1", port=server.port)
+    init = _scene()
+    kw = dict(prompt="a blue circle", steps=6, seed=3, sampler_name="Euler", cfg_scale=5)
+    r = api.img2img(images=[init], denoising_strength=0.5, width=40, height=32, **kw)
+    assert r.images[0].size == (40, 32) and "Denoising strength: 0.5" in r.info["infotexts"][0]
+    assert r.images[0].info["parameters"] == r.info["infotexts"][0] and r.parameters["init_images"] is None
+    assert api.png_info(r.images[0]).json["parameters"]["Denoising strength"] == "0.5"
+    # width and height follow the init image when not given (webuiapi sends 512; a raw request may leave them out)
+    raw = post(server, "/sdapi/v1/img2img", {"init_images": [webuiapi.b64_img(init)], "steps": 2, "seed": 1})
+    assert raw.status_code == 200 and Image.open(io.BytesIO(base64.b64decode(raw.json()["images"][0]))).size == (40, 32)
+    # inpainting: only the masked middle changes (A1111's default "only masked", padding 0, no blur here)
+    mask = Image.new("L", (40, 32))
+    mask.paste(255, (14, 10, 26, 22))
+    m = api.img2img(images=[init], mask_image=mask, mask_blur=0, denoising_strength=1.0, width=40, height=32, **kw)
+    out, src = np.asarray(m.images[0], dtype=int), np.asarray(init, dtype=int)
+    inside = np.zeros((32, 40), bool)
+    inside[10:22, 14:26] = True
+    assert np.array_equal(out[~inside], src[~inside])  # far from the mask: the init image's own pixels
+    assert np.abs(out[inside] - src[inside]).mean() > 10  # under it: repainted
+    text = m.info["infotexts"][0]
+    assert "Mask blur: 0" in text and "Inpaint area: Only masked" in text and "Masked content: fill" in text
+    # an all-black mask is allowed and changes nothing; a mask of another size is resized to the image's
+    black = api.img2img(images=[init], mask_image=Image.new("L", (40, 32)), width=40, height=32, **kw)
+    assert np.array_equal(np.asarray(black.images[0]), src)
+    small = mask.resize((20, 16))
+    resized = api.img2img(images=[init], mask_image=small, mask_blur=0, denoising_strength=1.0, width=40, height=32,
+                          **kw)
+    near = np.zeros((32, 40), bool)
+    near[4:28, 8:32] = True  # Lanczos rings up to 3 source pixels past the upscaled mask's edge
+    assert np.array_equal(np.asarray(resized.images[0], dtype=int)[~near], src[~near])
+
+
+@pytest.mark.parametrize("change,field", [
+    ({"init_images": ["bm90IGFuIGltYWdl"]}, "init_images"),  # base64 of "not an image"
+    ({"init_images": ["%%%"]}, "init_images"),
+    ({"denoising_strength": 1.5}, "denoising_strength"),
+    ({"resize_mode": 4}, "resize_mode"),
+    ({"mask": "bm90IGFuIGltYWdl"}, "mask"),
+    ({"denoising_strength": 0.01, "steps": 4}, "denoising_strength"),  # no steps left
+])
+def test_img2img_bad_input_is_422_naming_the_field(server, change, field):
+    body = {"init_images": [webuiapi.b64_img(_scene())], "steps": 2, **change}
+    r = post(server, "/sdapi/v1/img2img", body)
+    assert r.status_code == 422 and field in json.dumps(r.json()["detail"]), r.text
+
+
+def test_img2img_refuses_a_decompression_bomb_before_reading_it(server):
+    ihdr = struct.pack(">IIBBBBB", 100_000, 100_000, 8, 2, 0, 0, 0)
+    bomb = (b"\x89PNG\r\n\x1a\n" + _png_chunk(b"IHDR", ihdr) + _png_chunk(b"IDAT", zlib.compress(b"\x00" * 1_000_000))
+            + _png_chunk(b"IEND", b""))
+    r = post(server, "/sdapi/v1/img2img", {"init_images": [base64.b64encode(bomb).decode()]})
+    assert r.status_code == 422 and "init_images" in r.text and "pixel" in r.text

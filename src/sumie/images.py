@@ -85,13 +85,15 @@ def format_parameters(prompt: str, negative_prompt: str = "", **fields) -> str:
 
 def infotext(prompt: str, negative_prompt: str, *, steps: int, sampler_id: str, karras: bool, cfg_scale: float,
              seed: int, width: int, height: int, model_hash: str, model_name: str, clip_skip: int = 1,
-             emphasis: str = "original", prompt_syntax: str = "a1111", lora_hashes: str | None = None) -> str:
+             emphasis: str = "original", prompt_syntax: str = "a1111", lora_hashes: str | None = None,
+             extra: dict | None = None) -> str:
     """The A1111 `parameters` text of one generated image, as the CLI and the server write it. `clip_skip` is
     A1111's count (1: the last layer) and, like a non-default emphasis, is written only when it changes the
-    image, as A1111 does; "Prompt syntax: plain" marks a prompt read as plain text (sumie's key)."""
+    image, as A1111 does; "Prompt syntax: plain" marks a prompt read as plain text (sumie's key). `extra`: more
+    fields after the model's (img2img's, see `img2img.Img2Img.fields`)."""
     return format_parameters(prompt, negative_prompt, Steps=steps, Sampler=spec_for(sampler_id).a1111,
                              Schedule_type="Karras" if karras else "Automatic", CFG_scale=cfg_scale, Seed=seed,
-                             Size=f"{width}x{height}", Model_hash=model_hash, Model=model_name,
+                             Size=f"{width}x{height}", Model_hash=model_hash, Model=model_name, **(extra or {}),
                              Clip_skip=clip_skip if clip_skip > 1 else None,
                              Emphasis="None" if emphasis == "none" else None,
                              Prompt_syntax="plain" if prompt_syntax == "plain" else None,

@@ -77,6 +77,7 @@ class Init:
     strength: float
     mask: object = None
     masked_latents: torch.Tensor | None = None
+    masked_content: str = "original"  # or A1111's "latent-noise" / "latent-nothing" (see _inpaint_start)
 
 
 @dataclass
@@ -472,18 +473,20 @@ class StableDiffusionPipeline:
         batch, nine, pure = shape[0], self.unet.config.in_channels == 9, given.strength == 1
         x0 = None if nine and pure else self._encode_images(init, generator, batch, each_output=False)
         noise = randn(shape, generator, "cpu").to(self.execution_device)
+        m = F.interpolate(mask, size=shape[-2:]).to(noise.device).repeat(batch // len(mask), 1, 1, 1)  # (B, 1, h, w)
+        if x0 is not None and given.masked_content != "original":  # A1111: the hole's latents are noise, or zero
+            x0 = x0 * (1 - m) + (noise * m if given.masked_content == "latent-noise" else 0)
         x = noise * sampling.init_noise_sigma if pure else sampling.noised(x0, noise)
         masked = given.masked_latents
         if masked is None:
             masked = self._encode_images(init * (mask < 0.5), generator, batch, each_output=False)
         masked = masked.float().to(x.device).repeat(batch // len(masked), 1, 1, 1)
-        mask = F.interpolate(mask, size=shape[-2:]).to(x.device).repeat(batch // len(mask), 1, 1, 1)
         if nine:
-            return x, None, torch.cat([mask, masked], 1)
+            return x, None, torch.cat([m, masked], 1)
 
         def between(x: torch.Tensor, request) -> torch.Tensor:
             kept = x0 if request is None else noised(x0, noise, request)
-            return (1 - mask) * kept + mask * x
+            return (1 - m) * kept + m * x
         return x, between, None
 
     def _whole_image_masked(self, shape: tuple) -> torch.Tensor:
@@ -569,9 +572,15 @@ class StableDiffusionInpaintPipeline(StableDiffusionPipeline):
 
     @torch.no_grad()
     def __call__(self, prompt: str | list[str], image=None, mask_image=None,
-                 masked_image_latents: torch.Tensor | None = None, strength: float = 1.0, **kwargs) -> PipelineOutput:
+                 masked_image_latents: torch.Tensor | None = None, strength: float = 1.0,
+                 masked_content: str = "original", **kwargs) -> PipelineOutput:
+        """`masked_content` (sumie): "latent-noise" or "latent-nothing" start the masked region from the noise
+        alone, or from zero latents, as A1111's masked-content options of those names."""
+        if masked_content not in ("original", "latent-noise", "latent-nothing"):
+            raise InputError(f"masked_content must be original, latent-noise or latent-nothing (got {masked_content!r})")
         if image is None or mask_image is None:
             raise InputError("give an image and a mask: pipe(prompt, image=..., mask_image=...), the mask white "
                              "where the image is repainted")
         _check_strength(strength)
-        return super().__call__(prompt, _init=Init(image, strength, mask_image, masked_image_latents), **kwargs)
+        return super().__call__(prompt, _init=Init(image, strength, mask_image, masked_image_latents, masked_content),
+                                **kwargs)

@@ -22,15 +22,35 @@ def to_base64(image: Image.Image, text: str | None = None) -> str:
     return base64.b64encode(buf.getvalue()).decode()
 
 
-def png_parameters(data: str) -> str:
-    """The `parameters` text of a base64 PNG (with or without a data: prefix). Only the header and text
-    chunks are read, never the pixels, so a decompression bomb costs nothing."""
+def _decode(data: str) -> bytes:
     if data.startswith("data:"):
         data = data.partition(",")[2]
     try:
-        raw = base64.b64decode(data, validate=True)
+        return base64.b64decode(data, validate=True)
     except ValueError:
-        raise InputError("image is not valid base64") from None
+        raise InputError("is not valid base64") from None
+
+
+def from_base64(data: str) -> Image.Image:
+    """A base64 image (PNG, JPEG, WebP, ...; a data: URL prefix allowed), loaded. Its size is read from the header
+    first, so a decompression bomb is refused before its pixels are."""
+    try:
+        im = Image.open(io.BytesIO(_decode(data)))
+        if im.width * im.height > MAX_PNG_PIXELS:
+            raise InputError(f"is {im.width}x{im.height}, over the {MAX_PNG_PIXELS} pixel limit")
+        im.load()
+        return im
+    except (OSError, Image.DecompressionBombError, SyntaxError, ValueError) as e:
+        raise InputError(f"is not a readable image ({e})") from None
+
+
+def png_parameters(data: str) -> str:
+    """The `parameters` text of a base64 PNG (with or without a data: prefix). Only the header and text
+    chunks are read, never the pixels, so a decompression bomb costs nothing."""
+    try:
+        raw = _decode(data)
+    except InputError as e:
+        raise InputError(f"image {e}") from None
     try:
         with Image.open(io.BytesIO(raw)) as im:
             if im.width * im.height > MAX_PNG_PIXELS:

@@ -20,7 +20,9 @@ from typing import Any
 import torch
 from PIL import Image
 
+from .. import img2img
 from ..images import infotext, save_png_new
+from ..img2img import steps_for
 from .codec import to_base64
 from .models import Txt2ImgRequest
 
@@ -40,6 +42,7 @@ class Job:
     step: int = 0
     steps_total: int = 0
     preview: Any = None
+    init: tuple | None = None  # img2img: (init images, sumie.img2img.Img2Img)
 
     def finish(self, value=None, error: BaseException | None = None) -> None:
         def settle():
@@ -81,7 +84,11 @@ class Engine:
 
     def _run(self, job: Job) -> dict:
         r = job.request
-        job.steps_total = r.steps * r.n_iter
+        steps = r.steps  # model steps per batch: img2img runs fewer
+        if job.init is not None:
+            total, kept = steps_for(job.init[1].strength, r.steps, job.init[1].exact_steps)
+            steps = int(total * kept)
+        job.steps_total = steps * r.n_iter
         images, infotexts, seeds = [], [], []
         for batch in range(r.n_iter):
             if job.interrupted:
@@ -94,19 +101,23 @@ class Engine:
                 nonlocal tick
                 now = time.monotonic()
                 self.last_step_seconds, tick = now - tick, now
-                job.step = batch * r.steps + i + 1
+                job.step = batch * steps + i + 1
                 job.preview = tensors["latents"]
                 if job.interrupted or job.skipped or job.cancelled:
                     pipe._interrupt = True
                 return tensors
 
-            out = self.pipe([r.prompt] * r.batch_size, negative_prompt=[r.negative_prompt] * r.batch_size,
-                            num_inference_steps=r.steps, guidance_scale=r.cfg_scale, width=r.width, height=r.height,
-                            seed=first, scheduler=job.sampler_id, karras=job.karras, callback_on_step_end=on_step,
-                            prompt_syntax="a1111", clip_skip=r.clip_skip - 1 or None)
-            for k, image in enumerate(out.images):
+            args = dict(prompt=[r.prompt] * r.batch_size, negative_prompt=[r.negative_prompt] * r.batch_size,
+                        guidance_scale=r.cfg_scale, width=r.width, height=r.height, seed=first,
+                        scheduler=job.sampler_id, karras=job.karras, callback_on_step_end=on_step,
+                        prompt_syntax="a1111", clip_skip=r.clip_skip - 1 or None)
+            if job.init is None:
+                out = self.pipe(num_inference_steps=r.steps, **args).images
+            else:
+                out = img2img.run(self.pipe, job.init[0], job.init[1], steps=r.steps, **args)
+            for k, image in enumerate(out):
                 seeds.append(first + k)
-                text = self.infotext(r, job, first + k)
+                text = self.infotext(r, job, first + k, None if job.init is None else job.init[1].fields())
                 images.append(image)
                 infotexts.append(text)
                 if r.save_images and self.outdir is not None:
@@ -119,9 +130,9 @@ class Engine:
         """The model as A1111 names it in `sd_model_checkpoint`."""
         return f"{self.model_name} [{self.model_hash}]"
 
-    def infotext(self, r: Txt2ImgRequest, job: Job, seed: int) -> str:
+    def infotext(self, r: Txt2ImgRequest, job: Job, seed: int, extra: dict | None = None) -> str:
         return infotext(r.prompt, r.negative_prompt, steps=r.steps, sampler_id=job.sampler_id, karras=job.karras,
-                        cfg_scale=r.cfg_scale, seed=seed, width=r.width, height=r.height,
+                        cfg_scale=r.cfg_scale, seed=seed, width=r.width, height=r.height, extra=extra,
                         model_hash=self.model_hash, model_name=self.model_name, clip_skip=r.clip_skip,
                         lora_hashes=self.pipe.lora_library.hashes_text(r.prompt) if self.pipe.lora_library else None)
 
@@ -147,7 +158,7 @@ class Engine:
             return {"progress": 0.0, "eta_relative": 0.0, "state": state, "current_image": None, "textinfo": None}
         done = job.step / max(1, job.steps_total)
         eta = (job.steps_total - job.step) * self.last_step_seconds
-        per_iter = job.request.steps
+        per_iter = max(1, job.steps_total // job.request.n_iter)
         state.update(skipped=job.skipped, interrupted=job.interrupted, job=f"txt2img seed {job.seed}",
                      job_timestamp=time.strftime("%Y%m%d%H%M%S"), job_no=job.step // max(1, per_iter),
                      sampling_step=job.step % per_iter or (per_iter if job.step else 0), sampling_steps=per_iter)

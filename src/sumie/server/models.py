@@ -67,6 +67,29 @@ class Txt2ImgRequest(BaseModel):
         return name
 
 
+class Img2ImgRequest(Txt2ImgRequest):
+    """A1111's StableDiffusionImg2ImgProcessingAPI: txt2img's fields and the init images, mask and their options,
+    with A1111's defaults. Width and height default to the first init image's size, rounded down to 8."""
+
+    init_images: list[str] = Field(..., min_length=1, max_length=MAX_BATCH)  # base64, data: URL prefix allowed
+    denoising_strength: float = Field(0.75, ge=0, le=1, allow_inf_nan=False)
+    resize_mode: int = Field(0, ge=0, le=3)
+    mask: str | None = None
+    mask_blur: int | None = Field(None, ge=0, le=64)  # sets both of mask_blur_x / mask_blur_y
+    mask_blur_x: int = Field(4, ge=0, le=64)
+    mask_blur_y: int = Field(4, ge=0, le=64)
+    inpainting_fill: int = Field(0, ge=0, le=3)
+    inpaint_full_res: bool = True
+    inpaint_full_res_padding: int = Field(0, ge=0, le=256)
+    inpainting_mask_invert: int = Field(0, ge=0, le=1)
+    include_init_images: bool = False
+
+    @property
+    def exact_steps(self) -> bool:
+        """A1111's img2img_fix_steps option ("do exactly the amount of steps the slider specifies")."""
+        return bool(self.override_settings.get("img2img_fix_steps", False))
+
+
 class PngInfoRequest(BaseModel):
     model_config = ConfigDict(extra="ignore")
     image: str = Field(..., max_length=MAX_BODY)

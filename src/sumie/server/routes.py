@@ -10,12 +10,14 @@ import time
 
 from fastapi import APIRouter, Depends, Request
 
+from ..errors import InputError
 from ..images import parse_parameters
+from ..img2img import Img2Img, steps_for
 from ..schedulers import SAMPLERS, from_a1111
 from . import a1111
-from .codec import png_parameters, to_base64
+from .codec import from_base64, png_parameters, to_base64
 from .engine import Engine, Job
-from .models import PngInfoRequest, Txt2ImgRequest
+from .models import Img2ImgRequest, PngInfoRequest, Txt2ImgRequest
 from .security import error
 
 router = APIRouter(prefix="/sdapi/v1")
@@ -42,19 +44,59 @@ async def finished(job: Job, request: Request, timeout: float):
             return error(499, "client disconnected")
 
 
+def field_error(loc: list, msg: str):
+    return error(422, [{"loc": ["body", *loc], "msg": msg, "type": "value_error"}])
+
+
 @router.post("/txt2img")
 async def txt2img(body: Txt2ImgRequest, request: Request, engine: Engine = Depends(engine)):
+    return await run(body, request, engine)
+
+
+@router.post("/img2img")
+async def img2img(body: Img2ImgRequest, request: Request, engine: Engine = Depends(engine)):
+    """A1111's img2img and inpainting (see sumie.img2img). The images are decoded and checked before any model work."""
+    images = []
+    for i, data in enumerate(body.init_images):
+        try:
+            images.append(from_base64(data))
+        except InputError as e:
+            return field_error(["init_images", i], f"init image {i} {e}")
+    mask = None
+    if body.mask is not None:
+        try:
+            mask = from_base64(body.mask)
+        except InputError as e:
+            return field_error(["mask"], f"mask {e}")
+    w, h = images[0].size
+    body = body.model_copy(update={"width": body.width or max(8, w // 8 * 8), "height": body.height or max(8, h // 8 * 8)})
+    blur = (body.mask_blur, body.mask_blur) if body.mask_blur is not None else (body.mask_blur_x, body.mask_blur_y)
+    options = Img2Img(strength=body.denoising_strength, resize_mode=body.resize_mode, mask=mask, mask_blur_x=blur[0],
+                      mask_blur_y=blur[1], inpainting_fill=body.inpainting_fill, only_masked=body.inpaint_full_res,
+                      padding=body.inpaint_full_res_padding, invert_mask=bool(body.inpainting_mask_invert),
+                      exact_steps=body.exact_steps)
+    total, kept = steps_for(options.strength, body.steps, options.exact_steps)
+    if mask is None and int(total * kept) < 1:
+        return field_error(["denoising_strength"], f"denoising strength {options.strength} runs no steps of "
+                           f"{body.steps}; raise it or the steps")
+    answer = await run(body, request, engine, init=(images, options))
+    if isinstance(answer, dict) and not body.include_init_images:
+        answer["parameters"].update(init_images=None, mask=None)
+    return answer
+
+
+async def run(body: Txt2ImgRequest, request: Request, engine: Engine, init: tuple | None = None):
+    """Queue one job and answer with A1111's response: images, parameters and info."""
     name = body.sampler_name or body.sampler_index
     sampler_id, karras = from_a1111(name) if name else (engine.default_sampler, False)
     karras = karras or (body.scheduler is not None and body.scheduler.lower() == "karras")
     if karras and not SAMPLERS[sampler_id].karras:
-        return error(422, [{"loc": ["body", "scheduler"], "msg": f"Karras does not apply to "
-                            f"{SAMPLERS[sampler_id].a1111}", "type": "value_error"}])
+        return field_error(["scheduler"], f"Karras does not apply to {SAMPLERS[sampler_id].a1111}")
     body = body.model_copy(update={"width": body.width or engine.native_size,
                                    "height": body.height or engine.native_size})
     seed = body.seed if body.seed != -1 else secrets.randbelow(2 ** 32)
     loop = asyncio.get_running_loop()
-    job = Job(body, sampler_id, karras, seed, loop.create_future(), loop)
+    job = Job(body, sampler_id, karras, seed, loop.create_future(), loop, init=init)
     try:
         engine.submit(job)
     except queue.Full:
