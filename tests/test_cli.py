@@ -138,3 +138,49 @@ def test_compile_flag_gives_the_same_image(sd1_folder, tmp_path):
         assert r.returncode == 0, r.stderr
         images.append(np.asarray(Image.open(r.stdout.strip()), dtype=np.int16))
     assert np.abs(images[0] - images[1]).max() <= 1
+
+
+def test_img2img_and_inpainting_from_the_cli(sd1_folder, tmp_path):
+    """--init-image sizes the output by default and records Denoising strength; --params-from with the same init
+    image gives the same pixels; a mask repaints only under it; bad input is one line, exit 2, nothing written."""
+    out = tmp_path / "out"
+    init = tmp_path / "init.png"
+    scene = Image.new("RGB", (44, 36), (255, 255, 255))  # 44x36: the output is 40x32
+    scene.paste((220, 30, 30), (10, 6, 30, 26))
+    scene.save(init)
+    common = ["--model", sd1_folder, "--steps", 6, "--outdir", out, "--quiet", "--scheduler", "euler"]
+    r = sumie("generate", "a blue circle", "--init-image", init, "--strength", 0.5, "--seed", 4, *common)
+    assert r.returncode == 0, r.stderr
+    [first] = r.stdout.split()
+    meta = parse_parameters(read_parameters(first))
+    assert meta["Denoising strength"] == "0.5" and meta["Size"] == "40x32" and Image.open(first).size == (40, 32)
+    again = sumie("generate", "--params-from", first, "--init-image", init, *common)
+    assert again.returncode == 0, again.stderr
+    assert np.array_equal(np.asarray(Image.open(again.stdout.split()[0])), np.asarray(Image.open(first)))
+
+    mask = tmp_path / "mask.png"
+    m = Image.new("L", (44, 36))
+    m.paste(255, (14, 10, 26, 22))
+    m.save(mask)
+    r = sumie("generate", "a blue circle", "--init-image", init, "--mask", mask, "--mask-blur", 0, "--strength", 1,
+              "--inpaint-fill", "latent-noise", "--width", 48, "--height", 40, "--seed", 4, *common)
+    assert r.returncode == 0, r.stderr
+    image = np.asarray(Image.open(r.stdout.split()[0]), dtype=int)
+    src = np.asarray(scene.resize((48, 40), Image.LANCZOS), dtype=int)
+    inside = np.zeros((40, 48), bool)
+    inside[7:29, 11:33] = True  # the mask, scaled by 48/44 and 40/36, with Lanczos' ringing (3 source pixels)
+    assert np.array_equal(image[~inside], src[~inside])
+    assert np.abs(image[11:24, 16:27] - src[11:24, 16:27]).mean() > 10
+    meta = parse_parameters(read_parameters(r.stdout.split()[0]))
+    assert meta["Mask blur"] == "0" and meta["Masked content"] == "latent noise"
+
+    before = sorted(p.name for p in out.iterdir())
+    for args, needle in ((["--init-image", tmp_path / "missing.png"], "no such file"),
+                         (["--init-image", init, "--strength", 1.5], "from 0 to 1"),
+                         (["--mask", mask], "--mask needs --init-image")):
+        r = sumie("generate", "x", *args, *common)
+        assert r.returncode == 2 and needle in r.stderr and len(r.stderr.strip().splitlines()) == 1, r.stderr
+    (tmp_path / "bad.png").write_bytes(b"not an image")
+    r = sumie("generate", "x", "--init-image", tmp_path / "bad.png", *common)
+    assert r.returncode == 2 and "not a readable image" in r.stderr
+    assert sorted(p.name for p in out.iterdir()) == before

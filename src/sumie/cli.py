@@ -61,8 +61,33 @@ def settings_from_image(path: str) -> dict:
     if "Sampler" in p:
         out["scheduler"], karras = from_a1111(p["Sampler"])
         out["karras"] = karras or p.get("Schedule type", "").lower() == "karras"
+    out.update(img2img_settings(p, path))
     out["prompt_syntax"] = "plain" if p.get("Prompt syntax", "").lower() == "plain" else "a1111"
     out["emphasis"] = "none" if p.get("Emphasis", "").lower() == "none" else "original"
+    return out
+
+
+def img2img_settings(p: dict[str, str], path: str) -> dict:
+    """The img2img options in an image's A1111 parameters (used only with --init-image)."""
+    from .img2img import MASKED_CONTENT, RESIZE_NAMES
+    out = {}
+    try:
+        if "Denoising strength" in p:
+            out["strength"] = float(p["Denoising strength"])
+        if "Mask blur" in p:
+            out["mask_blur"] = int(p["Mask blur"])
+        if "Masked area padding" in p:
+            out["padding"] = int(p["Masked area padding"])
+    except ValueError:
+        raise InputError(f"{path}: cannot read the stored img2img parameters ({p})") from None
+    if p.get("Masked content", "").replace(" ", "-") in MASKED_CONTENT:
+        out["inpaint_fill"] = p["Masked content"].replace(" ", "-")
+    if p.get("Inpaint area") == "Only masked":
+        out["only_masked"] = True
+    if p.get("Mask mode") == "Inpaint not masked":
+        out["invert_mask"] = True
+    if p.get("Resize mode") in RESIZE_NAMES:
+        out["resize_mode"] = RESIZE_NAMES[p["Resize mode"]]
     return out
 
 
@@ -86,7 +111,8 @@ def next_index(outdir: Path) -> int:
 
 def cmd_generate(args) -> int:
     from . import tiny
-    from .images import image_grid, infotext
+    from .images import image_grid, infotext, load_image
+    from .img2img import MASKED_CONTENT, RESIZE_MODES, Img2Img, run
     from .lora import Library
     from .pipeline import StableDiffusionPipeline
     from .schedulers import spec_for
@@ -125,19 +151,39 @@ def cmd_generate(args) -> int:
         pipe.lora_library = Library(folder, allow_pickle=args.allow_pickle)
     outdir.mkdir(parents=True, exist_ok=True)
     model_name, hash_ = tiny.NAME if embedded else Path(pipe.source).name, model_hash(pipe.source)
+    job = init = None
+    if "init_image" in settings:
+        init = load_image(settings["init_image"], f"--init-image {settings['init_image']}").convert("RGB")
+        mask = load_image(settings["mask"], f"--mask {settings['mask']}") if "mask" in settings else None
+        blur = settings.get("mask_blur", 4)
+        job = Img2Img(strength=settings.get("strength", 0.75), resize_mode=RESIZE_MODES.index(
+                      settings.get("resize_mode", "just-resize")), mask=mask, mask_blur_x=blur, mask_blur_y=blur,
+                      inpainting_fill=MASKED_CONTENT.index(settings.get("inpaint_fill", "original")),
+                      only_masked=settings.get("only_masked", False), padding=settings.get("padding", 32),
+                      invert_mask=settings.get("invert_mask", False), exact_steps=settings.get("exact_steps", False))
+        job.check()
+        w, h = init.size  # the output's size by default: the init image's, rounded down to a multiple of 8
+        settings.setdefault("width", max(8, w // 8 * 8))
+        settings.setdefault("height", max(8, h // 8 * 8))
+    elif "mask" in settings:
+        raise InputError("--mask needs --init-image: the image the mask paints over")
 
     images = []
     for i in range(settings["n"]):
-        image = pipe(settings["prompt"], negative_prompt=settings["negative_prompt"] or None,
-                     num_inference_steps=settings["steps"], guidance_scale=settings["guidance"],
-                     height=settings.get("height"), width=settings.get("width"), seed=seed + i,
-                     scheduler=scheduler, karras=settings["karras"], prompt_syntax=settings["prompt_syntax"],
-                     clip_skip=settings["clip_skip"] - 1 or None, emphasis=settings["emphasis"]).images[0]
+        args_ = dict(prompt=settings["prompt"], negative_prompt=settings["negative_prompt"] or None,
+                     guidance_scale=settings["guidance"], height=settings.get("height"), width=settings.get("width"),
+                     seed=seed + i, scheduler=scheduler, karras=settings["karras"],
+                     prompt_syntax=settings["prompt_syntax"], clip_skip=settings["clip_skip"] - 1 or None,
+                     emphasis=settings["emphasis"])
+        if job is None:
+            image = pipe(num_inference_steps=settings["steps"], **args_).images[0]
+        else:
+            image = run(pipe, [init], job, steps=settings["steps"], **args_)[0]
         text = infotext(settings["prompt"], settings["negative_prompt"], steps=settings["steps"], sampler_id=scheduler,
                         karras=settings["karras"], cfg_scale=settings["guidance"], seed=seed + i, width=image.width,
                         height=image.height, model_hash=hash_, model_name=model_name, clip_skip=settings["clip_skip"],
                         emphasis=settings["emphasis"], prompt_syntax=settings["prompt_syntax"],
-                        lora_hashes=pipe.lora_library.hashes_text(settings["prompt"]) if pipe.lora_library and
+                        extra=None if job is None else job.fields(), lora_hashes=pipe.lora_library.hashes_text(settings["prompt"]) if pipe.lora_library and
                         settings["prompt_syntax"] == "a1111" else None)
         print(_save_numbered(outdir, f"{seed + i}", image, text), flush=True)
         images.append((image, text))
@@ -277,6 +323,23 @@ def build_parser() -> argparse.ArgumentParser:
     g.add_argument("--lora-dir", dest="lora_dir", metavar="DIR",
                    help="LoRA files that <lora:NAME:WEIGHT> in a prompt names "
                         "(default: loras/ beside the output folder)")
+    i2i = g.add_argument_group("image to image and inpainting (A1111's options; see docs/img2img.md)")
+    i2i.add_argument("--init-image", dest="init_image", metavar="IMG",
+                     help="start from this image; width and height default to its size, rounded down to 8")
+    i2i.add_argument("--strength", type=float, help="denoising strength from 0 to 1 (default 0.75)")
+    i2i.add_argument("--resize-mode", dest="resize_mode", choices=["just-resize", "crop", "fill", "latent"],
+                     help="how the image meets --width x --height (default just-resize; latent runs as just-resize)")
+    i2i.add_argument("--exact-steps", dest="exact_steps", action="store_true", default=None,
+                     help="run exactly --steps steps (A1111's img2img_fix_steps); default: strength x steps")
+    i2i.add_argument("--mask", metavar="MASK.png", help="inpaint: white where the image is repainted")
+    i2i.add_argument("--mask-blur", dest="mask_blur", type=_int, help="Gaussian blur of the mask in pixels (default 4)")
+    i2i.add_argument("--invert-mask", dest="invert_mask", action="store_true", default=None,
+                     help="repaint where the mask is black instead")
+    i2i.add_argument("--inpaint-fill", dest="inpaint_fill", choices=["fill", "original", "latent-noise",
+                     "latent-nothing"], help="what the masked region starts from (default original)")
+    i2i.add_argument("--inpaint-only-masked", dest="only_masked", action="store_true", default=None,
+                     help="generate only the mask's region (plus --padding) at full size and paste it back")
+    i2i.add_argument("--padding", type=_int, help="pixels around the mask with --inpaint-only-masked (default 32)")
     g.add_argument("--params-from", dest="params_from", metavar="IMAGE.png",
                    help="re-create an image from its stored parameters; other options override them")
     g.add_argument("--quiet", action="store_true", help="no progress bar")

@@ -11,6 +11,7 @@ The `parameters` text chunk (AUTOMATIC1111's format, read by most SD tools):
 
 from __future__ import annotations
 
+import io
 import json
 import os
 import re
@@ -56,6 +57,24 @@ def image_tensor(image: Image.Image | list, height: int | None = None, width: in
     arrays = [np.asarray(im.convert("RGB").resize((width, height), Image.LANCZOS), dtype=np.float32) / 255
               for im in images]
     return torch.from_numpy(np.stack(arrays)).permute(0, 3, 1, 2) * 2 - 1
+
+
+MAX_PIXELS = 64 * 1024 * 1024  # an init image or mask larger than this is refused before its pixels are read
+
+
+def load_image(source: str | Path | bytes, what: str) -> Image.Image:
+    """An image file or its bytes, loaded; InputError naming `what` when it is not a readable image or is larger
+    than MAX_PIXELS (read from the header first, so a decompression bomb costs nothing)."""
+    try:
+        im = Image.open(io.BytesIO(source) if isinstance(source, bytes) else source)
+        if im.width * im.height > MAX_PIXELS:
+            raise InputError(f"{what} is {im.width}x{im.height}, over the {MAX_PIXELS} pixel limit")
+        im.load()
+        return im
+    except FileNotFoundError:
+        raise InputError(f"{what}: no such file") from None
+    except (OSError, Image.DecompressionBombError, SyntaxError, ValueError) as e:
+        raise InputError(f"{what} is not a readable image ({e})") from None
 
 
 def mask_tensor(mask: Image.Image | list, height: int, width: int) -> torch.Tensor:

@@ -28,6 +28,8 @@ from PIL import Image
 from .errors import InputError
 
 RESIZE_MODES = ("just-resize", "crop", "fill", "latent")  # A1111's resize_mode 0-3
+RESIZE_NAMES = {"Just resize": "just-resize", "Crop and resize": "crop", "Resize and fill": "fill",
+                "Just resize (latent upscale)": "latent"}  # as A1111 writes them in the infotext
 MASKED_CONTENT = ("fill", "original", "latent-noise", "latent-nothing")  # A1111's inpainting_fill 0-3
 
 
@@ -57,8 +59,7 @@ class Img2Img:
                        Inpaint_area="Only masked" if self.only_masked else None,
                        Masked_area_padding=self.padding if self.only_masked else None)
         if self.resize_mode:
-            out["Resize_mode"] = ("Just resize", "Crop and resize", "Resize and fill", "Just resize (latent upscale)"
-                                  )[self.resize_mode]
+            out["Resize_mode"] = list(RESIZE_NAMES)[self.resize_mode]
         return out
 
     def check(self) -> None:

@@ -8,8 +8,8 @@ import io
 from PIL import Image, PngImagePlugin
 
 from ..errors import InputError
+from ..images import MAX_PIXELS, load_image
 
-MAX_PNG_PIXELS = 64 * 1024 * 1024
 
 
 def to_base64(image: Image.Image, text: str | None = None) -> str:
@@ -31,17 +31,13 @@ def _decode(data: str) -> bytes:
         raise InputError("is not valid base64") from None
 
 
-def from_base64(data: str) -> Image.Image:
-    """A base64 image (PNG, JPEG, WebP, ...; a data: URL prefix allowed), loaded. Its size is read from the header
-    first, so a decompression bomb is refused before its pixels are."""
+def from_base64(data: str, what: str) -> Image.Image:
+    """A base64 image (PNG, JPEG, WebP, ...; a data: URL prefix allowed), loaded (see `images.load_image`)."""
     try:
-        im = Image.open(io.BytesIO(_decode(data)))
-        if im.width * im.height > MAX_PNG_PIXELS:
-            raise InputError(f"is {im.width}x{im.height}, over the {MAX_PNG_PIXELS} pixel limit")
-        im.load()
-        return im
-    except (OSError, Image.DecompressionBombError, SyntaxError, ValueError) as e:
-        raise InputError(f"is not a readable image ({e})") from None
+        raw = _decode(data)
+    except InputError as e:
+        raise InputError(f"{what} {e}") from None
+    return load_image(raw, what)
 
 
 def png_parameters(data: str) -> str:
@@ -53,8 +49,8 @@ def png_parameters(data: str) -> str:
         raise InputError(f"image {e}") from None
     try:
         with Image.open(io.BytesIO(raw)) as im:
-            if im.width * im.height > MAX_PNG_PIXELS:
-                raise InputError(f"image is {im.width}x{im.height}, over the {MAX_PNG_PIXELS} pixel limit")
+            if im.width * im.height > MAX_PIXELS:
+                raise InputError(f"image is {im.width}x{im.height}, over the {MAX_PIXELS} pixel limit")
             return str(im.info.get("parameters", ""))
     except (OSError, Image.DecompressionBombError, SyntaxError, ValueError) as e:
         raise InputError(f"image is not a readable PNG ({e})") from None

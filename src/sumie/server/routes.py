@@ -59,15 +59,15 @@ async def img2img(body: Img2ImgRequest, request: Request, engine: Engine = Depen
     images = []
     for i, data in enumerate(body.init_images):
         try:
-            images.append(from_base64(data))
+            images.append(from_base64(data, f"init image {i}"))
         except InputError as e:
-            return field_error(["init_images", i], f"init image {i} {e}")
+            return field_error(["init_images", i], str(e))
     mask = None
     if body.mask is not None:
         try:
-            mask = from_base64(body.mask)
+            mask = from_base64(body.mask, "mask")
         except InputError as e:
-            return field_error(["mask"], f"mask {e}")
+            return field_error(["mask"], str(e))
     w, h = images[0].size
     body = body.model_copy(update={"width": body.width or max(8, w // 8 * 8), "height": body.height or max(8, h // 8 * 8)})
     blur = (body.mask_blur, body.mask_blur) if body.mask_blur is not None else (body.mask_blur_x, body.mask_blur_y)
