@@ -124,3 +124,16 @@ def test_cli_default_model_is_sumie_tiny(tmp_path):
     meta = parse_parameters(read_parameters(Path(r.stdout.strip())))
     assert meta["Model"] == "sumie-tiny" and meta["Steps"] == str(tiny.STEPS)
     assert meta["CFG scale"] == str(tiny.GUIDANCE)
+
+
+def test_img2img_and_inpainting_edits_show_on_the_shipped_model(tiny_pipe):
+    """docs/tiny.md's table at 4 seeds: img2img turns the circle blue (the control, with the init's own prompt, does
+    not); inpainting draws the new shape and colour and keeps every pixel beyond the mask's reach."""
+    import re
+
+    from sumie.tiny.evaluate import evaluate_edits
+    rows = evaluate_edits(tiny_pipe, n=4, seed=0, steps=tiny.STEPS, guidance=tiny.GUIDANCE).splitlines()[2:]
+    numbers = [[int(v) for v in re.findall(r"(\d+)%", row)] for row in rows]
+    edit, control, *inpaints = numbers
+    assert min(edit) >= 75 and control[0] == 0, rows
+    assert all(min(row) >= 75 for row in inpaints) and all(row.endswith("| 0 |") for row in rows[2:]), rows

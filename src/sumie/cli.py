@@ -225,12 +225,17 @@ def cmd_eval_tiny(args) -> int:
 
     from . import tiny
     from .pipeline import StableDiffusionPipeline
-    from .tiny.evaluate import contact_sheet, evaluate, table
+    from .tiny.evaluate import contact_sheet, evaluate, evaluate_edits, table
     device, _ = _device_and_dtype(args.device or "cpu", "float32")
     pipe = StableDiffusionPipeline.from_pretrained(args.model).to(device)
     pipe.set_progress_bar_config(disable=True)
     pipe.batch_invariant = False  # whole batches: the judge needs no bit-identical images, and batches are faster
     steps, guidance = args.steps or tiny.STEPS, tiny.GUIDANCE if args.guidance is None else args.guidance
+    if args.edits:
+        print(f"model {args.model}, {pipe.scheduler.sampler_id}, {steps} steps, guidance {guidance}, seeds "
+              f"{args.seed}..{args.seed + args.n_edits - 1}")
+        print(evaluate_edits(pipe, n=args.n_edits, seed=args.seed, steps=steps, guidance=guidance))
+        return 0
     with tqdm(total=args.n_train + args.n_held_out, desc="eval", disable=args.quiet) as bar:
         results, examples = evaluate(pipe, n_train=args.n_train, n_held_out=args.n_held_out, seed=args.seed,
                                      steps=steps, guidance=guidance, batch=args.batch, progress=bar.update)
@@ -393,6 +398,8 @@ def build_parser() -> argparse.ArgumentParser:
     e.add_argument("--seed", type=_int, default=0)
     e.add_argument("--batch", type=_int, default=50)
     e.add_argument("--sheet", metavar="PNG", help="write a contact sheet of examples here")
+    e.add_argument("--edits", action="store_true", help="score img2img and inpainting edits instead (docs/tiny.md)")
+    e.add_argument("--n-edits", dest="n_edits", type=_int, default=50, help="seeds per edit (default 50)")
     e.add_argument("--device", help="cpu (default) or cuda")
     e.add_argument("--quiet", action="store_true")
     e.set_defaults(func=cmd_eval_tiny)

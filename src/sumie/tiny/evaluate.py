@@ -101,3 +101,52 @@ def contact_sheet(examples: list, cols: int = 10):
         ok = all(getattr(got, a) == getattr(scene, a) for a in ATTRIBUTES)
         draw.rectangle((x, y + 65, x + 63, y + 67), fill=(40, 200, 40) if ok else (220, 30, 30))
     return sheet
+
+
+EDITS = {  # name: (the init scene, the prompt, whether the shape is masked, strength, the colour and shape wanted)
+    "img2img: red circle -> blue": (("white", "red", "circle", "large", "center"),
+                                    "a large blue circle in the center on a white background", False, 0.8,
+                                    ("blue", "circle")),
+    "img2img, control: the init's own prompt": (("white", "red", "circle", "large", "center"),
+                                                "a large red circle in the center on a white background", False, 0.8,
+                                                ("blue", "circle")),
+    "inpaint: red circle -> green square": (("white", "red", "circle", "large", "top left"),
+                                            "a large green square in the top left corner on a white background",
+                                            True, 1.0, ("green", "square")),
+    "inpaint: yellow triangle -> purple circle": (("black", "yellow", "triangle", "large", "bottom right"),
+                                                  "a large purple circle in the bottom right corner on a black "
+                                                  "background", True, 1.0, ("purple", "circle")),
+}
+
+
+def evaluate_edits(pipe, *, n: int = 50, seed: int = 0, steps: int, guidance: float) -> str:
+    """img2img and inpainting of fixed scenes, judged over seeds seed .. seed + n - 1: a markdown table of how often
+    the image shows the wanted colour and shape and the init's background, and (inpainting) the largest change, in
+    levels of 255, to the pixels beyond the reach of the blurred mask. Runs A1111's path (sumie.img2img) with a mask
+    grown 4 pixels around the shape, blur 2, masked content "original". The control keeps the init's own prompt, so
+    it must not turn blue."""
+    from PIL import Image, ImageFilter
+
+    from ..img2img import Img2Img, run
+    from .data import POSITIONS, SIZES, Scene
+    rows = ["| edit | strength | wanted colour | wanted shape | background kept | max change outside the mask |",
+            "| --- | --- | --- | --- | --- | --- |"]
+    for name, (fields, prompt, masked, strength, (colour, shape)) in EDITS.items():
+        scene = Scene(*fields)
+        init, mask = Image.fromarray(scene.render()), None
+        if masked:
+            (cx, cy), r = POSITIONS[scene.position], SIZES[scene.size] // 2 + 4
+            mask = Image.new("L", init.size)
+            mask.paste(255, (cx - r, cy - r, cx + r, cy + r))
+        job = Img2Img(strength=strength, mask=mask, mask_blur_x=2, mask_blur_y=2, inpainting_fill=1)
+        images = [np.asarray(im) for im in run(pipe, [init], job, width=64, height=64, steps=steps,
+                                                  prompt=[prompt] * n, guidance_scale=guidance, seed=seed)]
+        readings = [read(im) for im in images]
+        outside = "-"
+        if mask is not None:  # beyond the blur's reach (kernel radius 5) the overlay keeps the init image
+            far = np.asarray(mask.filter(ImageFilter.MaxFilter(11))) == 0
+            outside = str(max(int(np.abs(im.astype(int) - scene.render().astype(int))[far].max()) for im in images))
+        rows.append(f"| {name} | {strength} | {colour}: {np.mean([g.color == colour for g in readings]):.0%} | "
+                    f"{shape}: {np.mean([g.shape == shape for g in readings]):.0%} | "
+                    f"{np.mean([g.background == scene.background for g in readings]):.0%} | {outside} |")
+    return "\n".join(rows)
