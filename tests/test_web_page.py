@@ -74,3 +74,56 @@ def test_generate_progress_and_cancel(browser):
         assert len(d.find_elements(By.CSS_SELECTOR, "figure img.result")) == 2  # the partial image is shown too
     finally:
         server.stop()
+
+
+def test_image_to_image_mode_paints_a_mask_and_repaints_only_under_it(browser, tmp_path):
+    """Pick an init image, paint a stroke across its middle, generate: rows far from the stroke keep the init
+    image's pixels exactly, pixels under it change; the result can be sent back as the next input."""
+    import base64
+    import io
+
+    import numpy as np
+    from PIL import Image
+    from selenium.webdriver.common.action_chains import ActionChains
+    from selenium.webdriver.common.by import By
+    from selenium.webdriver.support.ui import Select
+
+    from sumie.tiny.data import Scene
+    scene = Scene("white", "red", "circle", "large", "center").render()
+    init = tmp_path / "init.png"
+    Image.fromarray(scene).save(init)
+    server = Server()
+    try:
+        d = browser
+        d.get(server.url + "/")
+        field = lambda i: d.find_element(By.ID, i)
+        wait(lambda: len(d.find_elements(By.CSS_SELECTOR, "#sampler_name option")) >= 10)
+        Select(field("mode")).select_by_value("img2img")
+        field("init_file").send_keys(str(init))
+        wait(lambda: field("init_canvas").get_attribute("data-loaded") == "1")
+        set_value = "arguments[0].value = arguments[1]; arguments[0].dispatchEvent(new Event('input'));"
+        d.execute_script(set_value, field("brush"), "12")
+        d.execute_script(set_value, field("strength"), "1")
+        field("prompt").clear()
+        field("prompt").send_keys("a large green square in the center on a white background")
+        field("seed").clear()
+        field("seed").send_keys("1")
+        canvas = field("mask_canvas")  # shown 256 px wide for 64 image pixels: 4 screen pixels each
+        (ActionChains(d).move_to_element(canvas).move_by_offset(-64, 0).click_and_hold()
+         .move_by_offset(32, 0).move_by_offset(32, 0).move_by_offset(32, 0).move_by_offset(32, 0).release().perform())
+        field("generate").click()
+        wait(lambda: d.find_elements(By.CSS_SELECTOR, "figure.pair img.result"), why=lambda: field("status").text)
+        src = d.find_element(By.CSS_SELECTOR, "figure.pair img.result").get_attribute("src")
+        out = np.asarray(Image.open(io.BytesIO(base64.b64decode(src.split(",", 1)[1]))).convert("RGB"), dtype=int)
+        assert out.shape == (64, 64, 3)
+        # the stroke covers rows 26-38 (x 16-48); blur 4 reaches 10 pixels further
+        far = np.r_[0:14, 51:64]
+        assert np.array_equal(out[far], scene[far].astype(int))
+        assert np.abs(out[29:36, 20:45] - scene[29:36, 20:45]).mean() > 30
+        assert "Denoising strength: 1" in d.find_element(By.CSS_SELECTOR, "figure.pair figcaption").text
+        d.find_element(By.CSS_SELECTOR, "figure.pair .send").click()  # the result becomes the next init image
+        wait(lambda: d.execute_script(
+            "return document.getElementById('init_canvas').getContext('2d').getImageData(32, 32, 1, 1).data[0]")
+            == int(out[32, 32, 0]))
+    finally:
+        server.stop()

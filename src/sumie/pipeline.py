@@ -1,4 +1,5 @@
-"""Text to image: encode the prompt -> sample latents with guidance -> decode.
+"""Text to image: encode the prompt -> sample latents with guidance -> decode. img2img and inpainting start
+the sampling part-way, from an image's latents (see `_inpaint_start`; A1111's options around them: `img2img`).
 
 `StableDiffusionPipeline` mirrors diffusers' class of that name where users rely on it (same call
 arguments and defaults, same numbers for the same seed) and adds `seed=`, `scheduler="dpm++2m"` and

@@ -159,7 +159,8 @@ class Engine:
         done = job.step / max(1, job.steps_total)
         eta = (job.steps_total - job.step) * self.last_step_seconds
         per_iter = max(1, job.steps_total // job.request.n_iter)
-        state.update(skipped=job.skipped, interrupted=job.interrupted, job=f"txt2img seed {job.seed}",
+        kind = "txt2img" if job.init is None else "img2img"
+        state.update(skipped=job.skipped, interrupted=job.interrupted, job=f"{kind} seed {job.seed}",
                      job_timestamp=time.strftime("%Y%m%d%H%M%S"), job_no=job.step // max(1, per_iter),
                      sampling_step=job.step % per_iter or (per_iter if job.step else 0), sampling_steps=per_iter)
         image = self.preview_png(job) if preview else None
