@@ -281,3 +281,33 @@ def test_img2img_refuses_a_decompression_bomb_before_reading_it(server):
             + _png_chunk(b"IEND", b""))
     r = post(server, "/sdapi/v1/img2img", {"init_images": [base64.b64encode(bomb).decode()]})
     assert r.status_code == 422 and "init_images" in r.text and "pixel" in r.text
+
+
+def test_options_post_keeps_the_whole_dict_and_acts_on_known_keys(server):
+    """Open WebUI posts the whole options dict back; SillyTavern posts single keys. Unknown keys are kept and echoed;
+    known ones are checked (422 naming the key, nothing kept) and used by later requests."""
+    url = server.url + "/sdapi/v1/options"
+    options = httpx.get(url).json()
+    try:
+        assert httpx.post(url, json={**options, "some_client_key": [1, "a"]}).status_code == 200
+        after = httpx.get(url).json()
+        assert after["some_client_key"] == [1, "a"] and after["sd_model_checkpoint"] == options["sd_model_checkpoint"]
+        for bad, key in (({"samples_format": "jpg"}, "samples_format"), ({"sd_model_checkpoint": "sd15.ckpt"},
+                         "sd_model_checkpoint"), ({"CLIP_stop_at_last_layers": 13}, "CLIP_stop_at_last_layers"),
+                         ({"sd_vae": "vae-ft-mse.safetensors"}, "sd_vae")):
+            r = httpx.post(url, json={**bad, "kept_if_valid": 1})
+            assert r.status_code == 422 and key in json.dumps(r.json()["detail"]), r.text
+            assert "kept_if_valid" not in httpx.get(url).json()
+        # a server-wide clip skip applies to later requests (written in their infotext), unless overridden
+        assert httpx.post(url, json={"CLIP_stop_at_last_layers": 2}).status_code == 200
+        body = {"prompt": "x", "steps": 1, "width": 32, "height": 32, "send_images": False}
+        assert "Clip skip: 2" in json.loads(post(server, "/sdapi/v1/txt2img", body).json()["info"])["infotexts"][0]
+        one = {**body, "override_settings": {"CLIP_stop_at_last_layers": 1}}
+        assert "Clip skip" not in json.loads(post(server, "/sdapi/v1/txt2img", one).json()["info"])["infotexts"][0]
+        assert httpx.get(url).json()["CLIP_stop_at_last_layers"] == 2  # restored afterwards, as A1111 does
+    finally:
+        httpx.post(url, json={"CLIP_stop_at_last_layers": 1})
+    for listing in ("sd-vae", "sd-modules", "face-restorers", "realesrgan-models", "prompt-styles", "hypernetworks"):
+        r = httpx.get(server.url + "/sdapi/v1/" + listing)
+        assert r.status_code == 200 and r.json() == [], listing  # nothing behind them, in A1111's shape
+    assert httpx.post(server.url + "/sdapi/v1/refresh-checkpoints").status_code == 200

@@ -68,11 +68,16 @@ def settings_from_image(path: str) -> dict:
 
 
 def img2img_settings(p: dict[str, str], path: str) -> dict:
-    """The img2img options in an image's A1111 parameters (used only with --init-image)."""
+    """The img2img (used only with --init-image) and hires-fix options in an image's A1111 parameters."""
     from .img2img import MASKED_CONTENT, RESIZE_NAMES
     out = {}
     try:
-        if "Denoising strength" in p:
+        if "Hires upscale" in p or "Hires upscaler" in p:  # a hires-fixed image: its strength is the second pass's
+            out["hires_scale"] = float(p.get("Hires upscale", 2))
+            out["hires_steps"] = int(p.get("Hires steps", 0))
+            out["hires_upscaler"] = p.get("Hires upscaler", "Latent")
+            out["hires_strength"] = float(p.get("Denoising strength", 0.7))
+        elif "Denoising strength" in p:
             out["strength"] = float(p["Denoising strength"])
         if "Mask blur" in p:
             out["mask_blur"] = int(p["Mask blur"])
@@ -112,6 +117,8 @@ def next_index(outdir: Path) -> int:
 def cmd_generate(args) -> int:
     from . import tiny
     from .images import image_grid, infotext, load_image
+    from .hires import Hires
+    from .hires import run as hires_run
     from .img2img import MASKED_CONTENT, RESIZE_MODES, Img2Img, run
     from .lora import Library
     from .pipeline import StableDiffusionPipeline
@@ -151,7 +158,15 @@ def cmd_generate(args) -> int:
         pipe.lora_library = Library(folder, allow_pickle=args.allow_pickle)
     outdir.mkdir(parents=True, exist_ok=True)
     model_name, hash_ = tiny.NAME if embedded else Path(pipe.source).name, model_hash(pipe.source)
-    job = init = None
+    job = init = fix = None
+    native = pipe.unet.config.sample_size * pipe.vae_scale_factor
+    if "hires_scale" in settings and "init_image" not in settings:
+        fix = Hires(scale=settings["hires_scale"], steps=settings.get("hires_steps", 0),
+                    strength=settings.get("hires_strength", 0.7), upscaler=settings.get("hires_upscaler", "Latent"))
+        fix.check()
+        settings.setdefault("width", native)
+        settings.setdefault("height", native)
+        fix.size(settings["width"], settings["height"])
     if "init_image" in settings:
         init = load_image(settings["init_image"], f"--init-image {settings['init_image']}").convert("RGB")
         mask = load_image(settings["mask"], f"--mask {settings['mask']}") if "mask" in settings else None
@@ -175,15 +190,20 @@ def cmd_generate(args) -> int:
                      seed=seed + i, scheduler=scheduler, karras=settings["karras"],
                      prompt_syntax=settings["prompt_syntax"], clip_skip=settings["clip_skip"] - 1 or None,
                      emphasis=settings["emphasis"])
-        if job is None:
+        if fix is not None:
+            image = hires_run(pipe, fix, steps=settings["steps"], **args_)[0]
+        elif job is None:
             image = pipe(num_inference_steps=settings["steps"], **args_).images[0]
         else:
             image = run(pipe, [init], job, steps=settings["steps"], **args_)[0]
         text = infotext(settings["prompt"], settings["negative_prompt"], steps=settings["steps"], sampler_id=scheduler,
-                        karras=settings["karras"], cfg_scale=settings["guidance"], seed=seed + i, width=image.width,
-                        height=image.height, model_hash=hash_, model_name=model_name, clip_skip=settings["clip_skip"],
+                        karras=settings["karras"], cfg_scale=settings["guidance"], seed=seed + i,
+                        width=settings.get("width", image.width), height=settings.get("height", image.height),
+                        model_hash=hash_, model_name=model_name, clip_skip=settings["clip_skip"],
                         emphasis=settings["emphasis"], prompt_syntax=settings["prompt_syntax"],
-                        extra=None if job is None else job.fields(), lora_hashes=pipe.lora_library.hashes_text(settings["prompt"]) if pipe.lora_library and
+                        extra=job.fields() if job else
+                        fix.fields(settings["width"], settings["height"]) if fix else None,
+                        lora_hashes=pipe.lora_library.hashes_text(settings["prompt"]) if pipe.lora_library and
                         settings["prompt_syntax"] == "a1111" else None)
         print(_save_numbered(outdir, f"{seed + i}", image, text), flush=True)
         images.append((image, text))
@@ -258,13 +278,16 @@ def cmd_serve(args) -> int:
         raise InputError("--api-auth takes user:password (several separated by commas)")
     if not 0 < args.timeout < float("inf"):
         raise InputError(f"--timeout must be a positive number of seconds (got {args.timeout})")
+    if args.model_dir is not None and not Path(args.model_dir).is_dir():
+        raise InputError(f"--model-dir {args.model_dir}: not a folder")
     if not 1 <= args.queue_size <= 1024:
         raise InputError(f"--queue-size must be from 1 to 1024 (got {args.queue_size})")
     device, _ = _device_and_dtype(args.device or "cpu", "float32")
     serve(args.model or tiny.NAME, host=args.host, port=args.port, outdir=args.outdir, api_key=args.api_key,
           api_auth=args.api_auth, queue_size=args.queue_size, device=str(device), request_timeout=args.timeout,
           embeddings=folder_beside(args.embeddings, args.outdir, "embeddings"), allow_pickle=args.allow_pickle,
-          lora_dir=folder_beside(args.lora_dir, args.outdir, "loras"), warn=lambda text: print(text, file=sys.stderr))
+          lora_dir=folder_beside(args.lora_dir, args.outdir, "loras"), model_dir=args.model_dir,
+          warn=lambda text: print(text, file=sys.stderr))
     return 0
 
 
@@ -345,6 +368,12 @@ def build_parser() -> argparse.ArgumentParser:
     i2i.add_argument("--inpaint-only-masked", dest="only_masked", action="store_true", default=None,
                      help="generate only the mask's region (plus --padding) at full size and paste it back")
     i2i.add_argument("--padding", type=_int, help="pixels around the mask with --inpaint-only-masked (default 32)")
+    hr = g.add_argument_group("hires fix (A1111's: a first pass at --width x --height, an upscale, an img2img pass)")
+    hr.add_argument("--hires-scale", dest="hires_scale", type=float, help="upscale factor, e.g. 2 (turns hires fix on)")
+    hr.add_argument("--hires-steps", dest="hires_steps", type=_int, help="second-pass steps (default: --steps)")
+    hr.add_argument("--hires-strength", dest="hires_strength", type=float, help="second-pass denoising (default 0.7)")
+    hr.add_argument("--hires-upscaler", dest="hires_upscaler", metavar="NAME",
+                    help="Latent (default), Latent (nearest), Latent (bicubic), ..., None, Lanczos, Nearest")
     g.add_argument("--params-from", dest="params_from", metavar="IMAGE.png",
                    help="re-create an image from its stored parameters; other options override them")
     g.add_argument("--quiet", action="store_true", help="no progress bar")
@@ -373,6 +402,8 @@ def build_parser() -> argparse.ArgumentParser:
 
     sv = sub.add_parser("serve", help="an AUTOMATIC1111-compatible HTTP API and a web page")
     sv.add_argument("--model", help="as for generate (default: sumie-tiny)")
+    sv.add_argument("--model-dir", dest="model_dir", metavar="DIR",
+                    help="diffusers folders and .safetensors files clients may switch to (POST /sdapi/v1/options)")
     sv.add_argument("--host", default="127.0.0.1", help="default 127.0.0.1 (this machine only)")
     sv.add_argument("--port", type=_int, default=7860)
     sv.add_argument("--outdir", help="save images here when a request asks (save_images); default: never save")

@@ -135,7 +135,8 @@ def _box(a: np.ndarray, r: int, axis: int) -> np.ndarray:
     pad = [(0, 0)] * a.ndim
     pad[axis] = (r + 1, r)
     c = np.cumsum(np.pad(a, pad, mode="edge"), axis=axis)
-    return (np.take(c, np.arange(2 * r + 1, 2 * r + 1 + n), axis=axis) - np.take(c, np.arange(n), axis=axis)) / (2 * r + 1)
+    upper, lower = np.take(c, np.arange(2 * r + 1, 2 * r + 1 + n), axis=axis), np.take(c, np.arange(n), axis=axis)
+    return (upper - lower) / (2 * r + 1)
 
 
 def fill_masked(image: Image.Image, mask: Image.Image) -> Image.Image:

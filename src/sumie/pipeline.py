@@ -72,8 +72,9 @@ class _Interrupted(Exception):
 
 @dataclass
 class Init:
-    """What img2img and inpainting start from, as their pipelines' arguments: PIL image(s), the strength, and for
-    inpainting the mask image(s) (white: repaint) or (B, 4, h, w) masked-image latents."""
+    """What img2img and inpainting start from, as their pipelines' arguments: PIL image(s) (img2img: or, as in
+    diffusers, (B, 4, h, w) scaled latents), the strength, and for inpainting the mask image(s) (white: repaint) or
+    (B, 4, h, w) masked-image latents."""
     image: object
     strength: float
     mask: object = None
@@ -356,11 +357,18 @@ class StableDiffusionPipeline:
         syntax.check_options(prompt_syntax, emphasis, clip_skip)
         prompts = [prompt] if isinstance(prompt, str) else list(prompt)
         negatives = self._negatives(negative_prompt, prompts)
-        init = None if _init is None else image_tensor(_init.image, height, width, self.vae_scale_factor)
+        f = self.vae_scale_factor
+        given_latents = _init is not None and isinstance(_init.image, torch.Tensor)  # img2img from latents
+        if given_latents and _init.mask is not None:
+            raise InputError("inpainting takes an image, not latents; pass a PIL image as image=")
+        init = None if _init is None else _init.image if given_latents else image_tensor(_init.image, height, width, f)
         mask = None if _init is None or _init.mask is None else mask_tensor(_init.mask, *init.shape[-2:])
-        native = self.unet.config.sample_size * self.vae_scale_factor
-        default_height, default_width = (native, native) if init is None else init.shape[-2:]
+        native = self.unet.config.sample_size * f
+        default_height, default_width = (native, native) if init is None else (
+            init.shape[-2] * (f if given_latents else 1), init.shape[-1] * (f if given_latents else 1))
         height, width = default_height if height is None else height, default_width if width is None else width
+        if given_latents and (height, width) != (default_height, default_width):
+            raise InputError(f"the init latents are for {default_width}x{default_height} images, not {width}x{height}")
         self._check(prompts, negatives, height, width, num_inference_steps, guidance_scale, num_images_per_prompt,
                     output_type)
         sampling = Sampling.create(scheduler or self.scheduler.sampler_id, self.scheduler._raw, num_inference_steps,
@@ -390,7 +398,6 @@ class StableDiffusionPipeline:
         # image on any device, scaled to the sampler's first noise level; for img2img, added to the init image's
         # latents at the first step kept (diffusers' prepare_latents: each image's encoding draws first). An
         # inpainting UNet also gets (B, 5, h, w) more input channels: the mask and the masked image's latents.
-        f = self.vae_scale_factor
         shape = (batch, self.vae.config.latent_channels, height // f, width // f)
         between, extra = None, None  # inpainting's blend between steps, and the inpainting UNet's extra channels
         if init is None:
@@ -399,7 +406,8 @@ class StableDiffusionPipeline:
             if self.unet.config.in_channels == 9:
                 extra = self._whole_image_masked(shape)
         elif mask is None:
-            x0 = self._encode_images(init, generator, batch)
+            x0 = init.float().to(self.execution_device).repeat(batch // len(init), 1, 1, 1) if given_latents \
+                else self._encode_images(init, generator, batch)
             x = sampling.noised(x0, randn(shape, generator, "cpu").to(x0.device))
         else:
             x, between, extra = self._inpaint_start(init, mask, _init, sampling, generator, shape)
@@ -578,7 +586,8 @@ class StableDiffusionInpaintPipeline(StableDiffusionPipeline):
         """`masked_content` (sumie): "latent-noise" or "latent-nothing" start the masked region from the noise
         alone, or from zero latents, as A1111's masked-content options of those names."""
         if masked_content not in ("original", "latent-noise", "latent-nothing"):
-            raise InputError(f"masked_content must be original, latent-noise or latent-nothing (got {masked_content!r})")
+            raise InputError(f"masked_content must be original, latent-noise or latent-nothing "
+                             f"(got {masked_content!r})")
         if image is None or mask_image is None:
             raise InputError("give an image and a mask: pipe(prompt, image=..., mask_image=...), the mask white "
                              "where the image is repainted")

@@ -6,7 +6,7 @@ from __future__ import annotations
 import json
 import time
 
-from .. import __version__, lora
+from .. import __version__, hires, lora
 from ..schedulers import SAMPLERS
 from .models import Txt2ImgRequest
 
@@ -37,15 +37,63 @@ def txt2img_info(body: Txt2ImgRequest, *, seed: int, sampler_id: str, karras: bo
 
 
 def sd_models(engine) -> list[dict]:
-    return [{"title": engine.title, "model_name": engine.model_name, "hash": engine.model_hash, "sha256": None,
-             "filename": engine.model_name, "config": None}]
+    return [c.listing() for c in engine.checkpoints.all]
+
+
+OPTION_DEFAULTS = {"samples_format": "png", "live_previews_enable": True, "show_progressbar": True,
+                   "CLIP_stop_at_last_layers": 1, "sd_vae": "Automatic", "img2img_fix_steps": False}
 
 
 def options(engine) -> dict:
-    return {"sd_model_checkpoint": engine.title, "sd_checkpoint_hash": engine.model_hash, "samples_format": "png",
-            "samples_save": engine.outdir is not None, "live_previews_enable": True, "show_progressbar": True,
-            "CLIP_stop_at_last_layers": 1, "sumie_native_size": engine.native_size,
-            "sumie_queue_size": engine.queue.maxsize}
+    """A1111's /options: the defaults, what clients posted (kept and echoed, unknown keys too), and the model."""
+    return {**OPTION_DEFAULTS, **engine.settings, "sd_model_checkpoint": engine.title,
+            "sd_checkpoint_hash": engine.model_hash, "samples_save": engine.outdir is not None,
+            "sumie_native_size": engine.native_size, "sumie_queue_size": engine.queue.maxsize}
+
+
+# computed by GET /options from the server's state, never stored from a POST
+DERIVED_OPTIONS = ("sd_model_checkpoint", "sd_checkpoint_hash", "samples_save", "sumie_native_size", "sumie_queue_size")
+
+
+def check_settings(settings: dict, engine) -> list[dict]:
+    """Field errors for the option values sumie acts on (posted to /options or in override_settings); other keys
+    are kept as they are."""
+    errors = []
+
+    def bad(key, msg):
+        errors.append({"loc": ["body", key], "msg": msg, "type": "value_error"})
+    if "sd_model_checkpoint" in settings:
+        name = str(settings["sd_model_checkpoint"])
+        if engine.checkpoints.find(name) is None:
+            close = engine.checkpoints.close_to(name)
+            bad("sd_model_checkpoint", f"no model {name!r} (GET /sdapi/v1/sd-models lists them)"
+                + (f"; close: {', '.join(close)}" if close else ""))
+    if "CLIP_stop_at_last_layers" in settings:
+        v = settings["CLIP_stop_at_last_layers"]
+        if not isinstance(v, int) or isinstance(v, bool) or not 1 <= v <= 12:
+            bad("CLIP_stop_at_last_layers", f"must be a whole number from 1 to 12 (got {v!r})")
+    if str(settings.get("samples_format", "png")).lower() != "png":
+        bad("samples_format", f"only png is written (got {settings['samples_format']!r}): its text chunk carries "
+                              f"the parameters")
+    if settings.get("sd_vae", "Automatic") not in ("Automatic", "None"):
+        bad("sd_vae", f"no VAE {settings['sd_vae']!r}; this server has Automatic (the model's own)")
+    if not isinstance(settings.get("img2img_fix_steps", False), bool):
+        bad("img2img_fix_steps", "must be true or false")
+    return errors
+
+
+# A1111's listings sumie has nothing behind: answered empty, in A1111's shape, so that clients that fetch them work
+EMPTY_LISTINGS = ("sd-vae", "sd-modules", "face-restorers", "realesrgan-models", "prompt-styles", "hypernetworks")
+
+
+def upscalers() -> list[dict]:
+    """The image upscalers hires fix has (no ESRGAN models: only these)."""
+    return [{"name": name, "model_name": None, "model_path": None, "model_url": None, "scale": 4}
+            for name in hires.IMAGE_UPSCALERS]
+
+
+def latent_upscale_modes() -> list[dict]:
+    return [{"name": name} for name in hires.LATENT_MODES]
 
 
 def loras(engine) -> list[dict]:

@@ -13,7 +13,7 @@ from .. import __version__, tiny
 from ..errors import SumieError
 from ..lora import Library
 from ..pipeline import StableDiffusionPipeline
-from ..weights import model_hash
+from .checkpoints import Checkpoints, describe
 from .engine import Engine
 from .routes import router
 from .security import LOCAL_HOSTS, Auth, Guard, Refused, error
@@ -21,14 +21,15 @@ from .security import LOCAL_HOSTS, Auth, Guard, Refused, error
 PAGE = Path(__file__).parent / "index.html"
 
 
-def create_app(pipe, *, model_name: str, model_hash: str, outdir: str | Path | None = None,
+def create_app(pipe, *, checkpoints: Checkpoints, loader, outdir: str | Path | None = None,
                default_sampler: str = "dpm++2m", api_key: str | None = None, api_auth: str | None = None,
                queue_size: int = 16, request_timeout: float = 600.0, allowed_hosts: set[str] | None = None,
                native_size: int = 512) -> FastAPI:
-    """The app serving `pipe`. `allowed_hosts`: the Host names answered (a DNS-rebinding guard); None:
-    loopback names only; an empty set: any name (a server the user chose to expose)."""
+    """The app serving `pipe`, the model `checkpoints.current`; `loader(path)` loads another of `checkpoints` when a
+    client switches. `allowed_hosts`: the Host names answered (a DNS-rebinding guard); None: loopback names only; an
+    empty set: any name (a server the user chose to expose)."""
     app = FastAPI(title="sumie", version=__version__, description="AUTOMATIC1111-compatible API (subset)")
-    app.state.engine = Engine(pipe, model_name=model_name, model_hash=model_hash,
+    app.state.engine = Engine(pipe, checkpoints=checkpoints, loader=loader,
                               outdir=Path(outdir) if outdir else None, queue_size=queue_size,
                               default_sampler=default_sampler, native_size=native_size,
                               request_timeout=request_timeout)
@@ -51,19 +52,24 @@ def _invalid(request: Request, exc: RequestValidationError):
 def serve(model: str, *, host: str = "127.0.0.1", port: int = 7860, outdir: str | None = None,
           api_key: str | None = None, api_auth: str | None = None, queue_size: int = 16,
           device: str = "cpu", request_timeout: float = 600.0, embeddings: str | Path | None = None,
-          allow_pickle: bool = False, lora_dir: str | Path | None = None, warn=print) -> None:
-    """`sumie serve`: load `model` (and the textual-inversion embeddings in `embeddings`), then serve it with
-    uvicorn until stopped."""
+          allow_pickle: bool = False, lora_dir: str | Path | None = None, model_dir: str | Path | None = None,
+          warn=print) -> None:
+    """`sumie serve`: load `model` (with the textual-inversion embeddings in `embeddings` and the LoRA folder), then
+    serve it with uvicorn until stopped. Clients may switch to the other checkpoints of `model_dir`."""
     if host not in LOCAL_HOSTS and not (api_key or api_auth):
         warn(f"sumie: warning: serving on {host} with no --api-key: anyone who can reach this port can use it")
-    pipe = StableDiffusionPipeline.from_pretrained(model).to(device)
-    pipe.set_progress_bar_config(disable=True)
-    if embeddings is not None:
-        pipe.embeddings.load_dir(embeddings, allow_pickle=allow_pickle)
-    if lora_dir is not None:
-        pipe.lora_library = Library(lora_dir, allow_pickle=allow_pickle)
-    name = tiny.NAME if model == tiny.NAME else Path(pipe.source).name
-    app = create_app(pipe, model_name=name, model_hash=model_hash(pipe.source), outdir=outdir, api_key=api_key,
+
+    def load(path: str) -> StableDiffusionPipeline:
+        pipe = StableDiffusionPipeline.from_pretrained(path, allow_pickle=False).to(device)
+        pipe.set_progress_bar_config(disable=True)
+        if embeddings is not None:
+            pipe.embeddings.load_dir(embeddings, allow_pickle=allow_pickle)
+        if lora_dir is not None:
+            pipe.lora_library = Library(lora_dir, allow_pickle=allow_pickle)
+        return pipe
+    pipe = load(model)
+    checkpoints = Checkpoints(model_dir, describe(model if model == tiny.NAME else pipe.source))
+    app = create_app(pipe, checkpoints=checkpoints, loader=load, outdir=outdir, api_key=api_key,
                      default_sampler=pipe.scheduler.sampler_id, api_auth=api_auth, queue_size=queue_size,
                      allowed_hosts=None if host in LOCAL_HOSTS else set(), request_timeout=request_timeout,
                      native_size=pipe.unet.config.sample_size * pipe.vae_scale_factor)

@@ -7,6 +7,7 @@ runs. A job whose client left before it started is dropped unstarted; one that r
 from __future__ import annotations
 
 import asyncio
+import gc
 import itertools
 import queue
 import secrets
@@ -15,21 +16,22 @@ import time
 from dataclasses import dataclass
 from datetime import datetime
 from pathlib import Path
-from typing import Any
+from typing import Any, Callable
 
 import torch
 from PIL import Image
 
-from .. import img2img
+from .. import hires, img2img
 from ..images import infotext, save_png_new
 from ..img2img import steps_for
+from .checkpoints import Checkpoint, Checkpoints
 from .codec import to_base64
 from .models import Txt2ImgRequest
 
 
 @dataclass
 class Job:
-    request: Txt2ImgRequest
+    request: Txt2ImgRequest | None  # None: a model switch (switch_to)
     sampler_id: str
     karras: bool
     seed: int
@@ -43,6 +45,8 @@ class Job:
     steps_total: int = 0
     preview: Any = None
     init: tuple | None = None  # img2img: (init images, sumie.img2img.Img2Img)
+    hires: Any = None  # txt2img's hires fix: sumie.hires.Hires
+    switch_to: Checkpoint | None = None
 
     def finish(self, value=None, error: BaseException | None = None) -> None:
         def settle():
@@ -54,13 +58,14 @@ class Job:
 class Engine:
     """The model and its one worker thread, fed by a bounded FIFO of Jobs."""
 
-    def __init__(self, pipe, *, model_name: str, model_hash: str, outdir: Path | None, queue_size: int,
-                 default_sampler: str, native_size: int, request_timeout: float):
-        self.pipe, self.model_name, self.model_hash, self.outdir = pipe, model_name, model_hash, outdir
+    def __init__(self, pipe, *, checkpoints: Checkpoints, loader: Callable[[str], Any], outdir: Path | None,
+                 queue_size: int, default_sampler: str, native_size: int, request_timeout: float):
+        self.pipe, self.checkpoints, self.loader, self.outdir = pipe, checkpoints, loader, outdir
         self.default_sampler, self.native_size, self.request_timeout = default_sampler, native_size, request_timeout
         self.queue: queue.Queue[Job] = queue.Queue(maxsize=queue_size)
         self.current: Job | None = None
         self.last_step_seconds = 1.0
+        self.settings: dict = {}  # what clients posted to /options (see a1111.options)
         self.lock = threading.Lock()
         self.thread = threading.Thread(target=self._work, name="sumie-worker", daemon=True)
         self.thread.start()
@@ -75,7 +80,7 @@ class Engine:
             with self.lock:
                 self.current, job.started = job, time.monotonic()
             try:
-                job.finish(self._run(job))
+                job.finish(self._switch(job.switch_to) if job.switch_to else self._run(job))
             except BaseException as e:  # reported to the request; the worker carries on
                 job.finish(error=e)
             finally:
@@ -88,6 +93,8 @@ class Engine:
         if job.init is not None:
             total, kept = steps_for(job.init[1].strength, r.steps, job.init[1].exact_steps)
             steps = int(total * kept)
+        elif job.hires is not None and job.hires.strength > 0:
+            steps += job.hires.steps or r.steps
         job.steps_total = steps * r.n_iter
         images, infotexts, seeds = [], [], []
         for batch in range(r.n_iter):
@@ -95,13 +102,13 @@ class Engine:
                 break
             job.skipped = False
             first = job.seed + batch * r.batch_size
-            tick = time.monotonic()
+            tick, job.step = time.monotonic(), batch * steps
 
-            def on_step(pipe, i, t, tensors, batch=batch):
+            def on_step(pipe, i, t, tensors):
                 nonlocal tick
                 now = time.monotonic()
                 self.last_step_seconds, tick = now - tick, now
-                job.step = batch * steps + i + 1
+                job.step += 1
                 job.preview = tensors["latents"]
                 if job.interrupted or job.skipped or job.cancelled:
                     pipe._interrupt = True
@@ -111,13 +118,17 @@ class Engine:
                         guidance_scale=r.cfg_scale, width=r.width, height=r.height, seed=first,
                         scheduler=job.sampler_id, karras=job.karras, callback_on_step_end=on_step,
                         prompt_syntax="a1111", clip_skip=r.clip_skip - 1 or None)
-            if job.init is None:
+            if job.hires is not None:
+                out = hires.run(self.pipe, job.hires, steps=r.steps, **args)
+            elif job.init is None:
                 out = self.pipe(num_inference_steps=r.steps, **args).images
             else:
                 out = img2img.run(self.pipe, job.init[0], job.init[1], steps=r.steps, **args)
             for k, image in enumerate(out):
                 seeds.append(first + k)
-                text = self.infotext(r, job, first + k, None if job.init is None else job.init[1].fields())
+                extra = job.init[1].fields() if job.init is not None else \
+                    job.hires.fields(r.width, r.height) if job.hires is not None else None
+                text = self.infotext(r, job, first + k, extra)
                 images.append(image)
                 infotexts.append(text)
                 if r.save_images and self.outdir is not None:
@@ -125,10 +136,32 @@ class Engine:
         job.preview = None
         return {"images": images, "infotexts": infotexts, "seeds": seeds}
 
+    def _switch(self, checkpoint: Checkpoint) -> dict:
+        """Load `checkpoint`, then let the old model go. Jobs run in queue order, so none runs half-way through
+        this; a load that fails leaves the old model serving."""
+        pipe = self.loader(checkpoint.path)
+        self.pipe, self.checkpoints.current = pipe, checkpoint
+        gc.collect()
+        return {}
+
+    def switch(self, checkpoint: Checkpoint, loop) -> Job:
+        """Queue a switch to `checkpoint` behind the jobs already waiting."""
+        job = Job(None, "", False, 0, loop.create_future(), loop, switch_to=checkpoint)
+        self.submit(job)
+        return job
+
+    @property
+    def model_name(self) -> str:
+        return self.checkpoints.current.name
+
+    @property
+    def model_hash(self) -> str:
+        return self.checkpoints.current.hash
+
     @property
     def title(self) -> str:
         """The model as A1111 names it in `sd_model_checkpoint`."""
-        return f"{self.model_name} [{self.model_hash}]"
+        return self.checkpoints.current.title
 
     def infotext(self, r: Txt2ImgRequest, job: Job, seed: int, extra: dict | None = None) -> str:
         return infotext(r.prompt, r.negative_prompt, steps=r.steps, sampler_id=job.sampler_id, karras=job.karras,
@@ -154,7 +187,9 @@ class Engine:
         state = {"skipped": False, "interrupted": False, "stopping_generation": False, "job": "",
                  "job_count": waiting + (job is not None), "job_timestamp": "0", "job_no": 0,
                  "sampling_step": 0, "sampling_steps": 0}
-        if job is None:
+        if job is None or job.request is None:  # idle, or loading a model
+            if job is not None:
+                state["job"] = f"loading {job.switch_to.name}"
             return {"progress": 0.0, "eta_relative": 0.0, "state": state, "current_image": None, "textinfo": None}
         done = job.step / max(1, job.steps_total)
         eta = (job.steps_total - job.step) * self.last_step_seconds

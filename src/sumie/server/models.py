@@ -34,11 +34,23 @@ class Txt2ImgRequest(BaseModel):
     n_iter: int = Field(1, ge=1, le=32)
     send_images: bool = True
     save_images: bool = False
-    override_settings: dict = Field(default_factory=dict)  # options for this request only (see `clip_skip`)
+    override_settings: dict = Field(default_factory=dict)  # options for this request (see `clip_skip`)
+    override_settings_restore_afterwards: bool = True  # false: they stay set afterwards, as posted to /options
+    # A1111's hires fix (see sumie.hires)
+    enable_hr: bool = False
+    hr_scale: float = Field(2.0, ge=1, le=8, allow_inf_nan=False)
+    hr_resize_x: int = Field(0, ge=0, le=MAX_SIDE)
+    hr_resize_y: int = Field(0, ge=0, le=MAX_SIDE)
+    hr_upscaler: str | None = None  # None: "Latent", A1111's default
+    hr_second_pass_steps: int = Field(0, ge=0, le=150)
+    hr_prompt: str = Field("", max_length=10_000)
+    hr_negative_prompt: str = Field("", max_length=10_000)
+    denoising_strength: float | None = Field(None, ge=0, le=1, allow_inf_nan=False)  # hires: None is 0.7
 
     @property
     def clip_skip(self) -> int:
-        """A1111's CLIP_stop_at_last_layers from override_settings: 1 is the last layer."""
+        """A1111's CLIP_stop_at_last_layers from override_settings (the route adds the server's): 1 is the last
+        layer."""
         return self.override_settings.get("CLIP_stop_at_last_layers", 1)
 
     @field_validator("sampler_name", "sampler_index")
@@ -50,14 +62,6 @@ class Txt2ImgRequest(BaseModel):
             except InputError as e:
                 raise ValueError(str(e)) from None
         return name
-
-    @field_validator("override_settings")
-    @classmethod
-    def _known_clip_skip(cls, settings):
-        value = settings.get("CLIP_stop_at_last_layers", 1)
-        if not isinstance(value, int) or isinstance(value, bool) or not 1 <= value <= 12:
-            raise ValueError(f"CLIP_stop_at_last_layers must be a whole number from 1 to 12 (got {value!r})")
-        return settings
 
     @field_validator("scheduler")
     @classmethod
@@ -87,7 +91,7 @@ class Img2ImgRequest(Txt2ImgRequest):
     @property
     def exact_steps(self) -> bool:
         """A1111's img2img_fix_steps option ("do exactly the amount of steps the slider specifies")."""
-        return bool(self.override_settings.get("img2img_fix_steps", False))
+        return self.override_settings.get("img2img_fix_steps", False)
 
 
 class PngInfoRequest(BaseModel):

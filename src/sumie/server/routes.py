@@ -10,8 +10,9 @@ import time
 
 from fastapi import APIRouter, Depends, Request
 
-from ..errors import InputError
+from ..errors import InputError, SumieError
 from ..images import parse_parameters
+from ..hires import Hires
 from ..img2img import Img2Img, steps_for
 from ..schedulers import SAMPLERS, from_a1111
 from . import a1111
@@ -50,7 +51,31 @@ def field_error(loc: list, msg: str):
 
 @router.post("/txt2img")
 async def txt2img(body: Txt2ImgRequest, request: Request, engine: Engine = Depends(engine)):
-    return await run(body, request, engine)
+    fix = None
+    if body.enable_hr:  # A1111's hires fix (sumie.hires)
+        fix = Hires(scale=body.hr_scale, resize_x=body.hr_resize_x, resize_y=body.hr_resize_y,
+                    upscaler=body.hr_upscaler or "Latent", steps=body.hr_second_pass_steps,
+                    strength=0.7 if body.denoising_strength is None else body.denoising_strength,
+                    prompt=body.hr_prompt or None, negative_prompt=body.hr_negative_prompt or None)
+        try:
+            fix.check()
+        except InputError as e:
+            return field_error(["hr_upscaler"], str(e))
+        try:
+            fix.size(body.width or engine.native_size, body.height or engine.native_size)
+        except InputError as e:
+            return field_error(["hr_scale"], str(e))
+    return await run(body, request, engine, hires=fix)
+
+
+@router.get("/upscalers")
+def upscalers():
+    return a1111.upscalers()
+
+
+@router.get("/latent-upscale-modes")
+def latent_upscale_modes():
+    return a1111.latent_upscale_modes()
 
 
 @router.post("/img2img")
@@ -69,8 +94,10 @@ async def img2img(body: Img2ImgRequest, request: Request, engine: Engine = Depen
         except InputError as e:
             return field_error(["mask"], str(e))
     w, h = images[0].size
-    body = body.model_copy(update={"width": body.width or max(8, w // 8 * 8), "height": body.height or max(8, h // 8 * 8)})
+    body = body.model_copy(update={"width": body.width or max(8, w // 8 * 8),
+                                   "height": body.height or max(8, h // 8 * 8)})
     blur = (body.mask_blur, body.mask_blur) if body.mask_blur is not None else (body.mask_blur_x, body.mask_blur_y)
+    body = body.model_copy(update={"override_settings": {**engine.settings, **body.override_settings}})
     options = Img2Img(strength=body.denoising_strength, resize_mode=body.resize_mode, mask=mask, mask_blur_x=blur[0],
                       mask_blur_y=blur[1], inpainting_fill=body.inpainting_fill, only_masked=body.inpaint_full_res,
                       padding=body.inpaint_full_res_padding, invert_mask=bool(body.inpainting_mask_invert),
@@ -85,8 +112,20 @@ async def img2img(body: Img2ImgRequest, request: Request, engine: Engine = Depen
     return answer
 
 
-async def run(body: Txt2ImgRequest, request: Request, engine: Engine, init: tuple | None = None):
-    """Queue one job and answer with A1111's response: images, parameters and info."""
+async def run(body: Txt2ImgRequest, request: Request, engine: Engine, init: tuple | None = None,
+              hires: Hires | None = None):
+    """Queue one job and answer with A1111's response: images, parameters and info. The server's options (posted to
+    /options) apply unless override_settings changes them for this request."""
+    errors = a1111.check_settings(body.override_settings, engine)
+    wanted = body.override_settings.get("sd_model_checkpoint")
+    if not errors and wanted is not None and engine.checkpoints.find(str(wanted)) != engine.checkpoints.current:
+        errors = [{"loc": ["body", "sd_model_checkpoint"], "type": "value_error",
+                   "msg": "a request cannot switch the model for itself here; POST /sdapi/v1/options first"}]
+    if errors:
+        return error(422, [{**e, "loc": ["body", "override_settings", *e["loc"][1:]]} for e in errors])
+    if not body.override_settings_restore_afterwards:
+        engine.settings.update(body.override_settings)
+    body = body.model_copy(update={"override_settings": {**engine.settings, **body.override_settings}})
     name = body.sampler_name or body.sampler_index
     sampler_id, karras = from_a1111(name) if name else (engine.default_sampler, False)
     karras = karras or (body.scheduler is not None and body.scheduler.lower() == "karras")
@@ -96,7 +135,7 @@ async def run(body: Txt2ImgRequest, request: Request, engine: Engine, init: tupl
                                    "height": body.height or engine.native_size})
     seed = body.seed if body.seed != -1 else secrets.randbelow(2 ** 32)
     loop = asyncio.get_running_loop()
-    job = Job(body, sampler_id, karras, seed, loop.create_future(), loop, init=init)
+    job = Job(body, sampler_id, karras, seed, loop.create_future(), loop, init=init, hires=hires)
     try:
         engine.submit(job)
     except queue.Full:
@@ -147,6 +186,45 @@ def sd_models(engine: Engine = Depends(engine)):
 @router.get("/options")
 def options(engine: Engine = Depends(engine)):
     return a1111.options(engine)
+
+
+@router.post("/options")
+async def set_options(body: dict, request: Request, engine: Engine = Depends(engine)):
+    """Keep what a client posts (the whole dict GET returns, unknown keys too) and act on the keys sumie knows; a
+    bad value is a 422 naming it, and then nothing is kept. A new sd_model_checkpoint is loaded after the jobs
+    already queued, and answered when it serves (a load that fails: 422, the old model still serving)."""
+    errors = a1111.check_settings(body, engine)
+    if errors:
+        return error(422, errors)
+    wanted = engine.checkpoints.find(str(body["sd_model_checkpoint"])) if "sd_model_checkpoint" in body else None
+    if wanted is not None and wanted != engine.checkpoints.current:
+        try:
+            job = engine.switch(wanted, asyncio.get_running_loop())
+        except queue.Full:
+            return error(429, f"the queue is full ({engine.queue.maxsize} jobs); retry later")
+        try:
+            result = await finished(job, request, engine.request_timeout)
+        except (SumieError, OSError, RuntimeError, ValueError) as e:
+            return field_error(["sd_model_checkpoint"], f"{wanted.name} did not load ({e}); "
+                                                         f"still serving {engine.title}")
+        if not isinstance(result, dict):
+            return result
+    engine.settings.update({k: v for k, v in body.items() if k not in a1111.DERIVED_OPTIONS})
+    return None
+
+
+@router.post("/refresh-checkpoints")
+def refresh_checkpoints(engine: Engine = Depends(engine)):
+    engine.checkpoints.refresh()
+    return None
+
+
+def _empty_listing():
+    return []
+
+
+for _name in a1111.EMPTY_LISTINGS:
+    router.add_api_route(f"/{_name}", _empty_listing, methods=["GET"])
 
 
 @router.get("/loras")

@@ -1,0 +1,107 @@
+"""`server.checkpoints`: several models in --model-dir, one loaded at a time, switched the way Open WebUI and
+SillyTavern switch them (POST /sdapi/v1/options), against a real `sumie serve`."""
+
+import json
+import shutil
+import threading
+
+import httpx
+import pytest
+
+from server_util import Server
+from sumie import tiny
+
+
+@pytest.fixture(scope="module")
+def model_dir(sd1_folder, tmp_path_factory):
+    d = tmp_path_factory.mktemp("models")
+    shutil.copytree(tiny.MODEL_DIR, d / "tiny-copy")
+    shutil.copytree(sd1_folder, d / "random-sd1")
+    (d / "broken.safetensors").write_bytes(b"\x10\x00\x00\x00\x00\x00\x00\x00{not json}      ")
+    return d
+
+
+@pytest.fixture(scope="module")
+def server(model_dir):
+    s = Server("--model", model_dir / "random-sd1", "--model-dir", model_dir, "--api-auth", "ann:pw")
+    yield s
+    s.stop()
+
+
+def api(server, method, path, **kw):
+    return httpx.request(method, server.url + "/sdapi/v1/" + path, auth=("ann", "pw"), timeout=180, **kw)
+
+
+def generate(server, **extra):
+    body = {"prompt": "a red circle", "steps": 2, "width": 32, "height": 32, "seed": 1, "send_images": False, **extra}
+    r = api(server, "POST", "txt2img", json=body)
+    assert r.status_code == 200, r.text
+    return json.loads(r.json()["info"])
+
+
+def test_open_webuis_calls_switch_by_posting_the_whole_options_back(server):
+    options = api(server, "GET", "options").json()
+    models = api(server, "GET", "sd-models").json()
+    assert [m["model_name"] for m in models] == ["broken", "random-sd1", "tiny-copy"]
+    assert all(m["title"] == f"{m['model_name'] if m['model_name'] != 'broken' else 'broken.safetensors'} "
+               f"[{m['hash']}]" for m in models)
+    old, new = (next(m for m in models if m["model_name"] == n) for n in ("random-sd1", "tiny-copy"))
+    assert options["sd_model_checkpoint"] == old["title"]
+    r = api(server, "POST", "options", json={**options, "sd_model_checkpoint": new["title"]})
+    assert r.status_code == 200, r.text
+    assert api(server, "GET", "options").json()["sd_model_checkpoint"] == new["title"]
+    info = generate(server, batch_size=2)
+    assert len(info["infotexts"]) == 2 and all(f"Model hash: {new['hash']}" in t for t in info["infotexts"])
+    # back by name, as SillyTavern may send it
+    assert api(server, "POST", "options", json={"sd_model_checkpoint": "random-sd1"}).status_code == 200
+    assert f"Model hash: {old['hash']}" in generate(server)["infotexts"][0]
+
+
+def test_unknown_and_broken_models_leave_the_model_in_use(server):
+    before = api(server, "GET", "options").json()["sd_model_checkpoint"]
+    r = api(server, "POST", "options", json={"sd_model_checkpoint": "tiny-cpy"})
+    assert r.status_code == 422 and "tiny-copy" in r.text and "sd_model_checkpoint" in r.text  # a close match
+    r = api(server, "POST", "options", json={"sd_model_checkpoint": "broken.safetensors"})
+    assert r.status_code == 422 and "did not load" in r.text, r.text
+    assert api(server, "GET", "options").json()["sd_model_checkpoint"] == before
+    assert before.split("[")[1].rstrip("]") in generate(server)["infotexts"][0]
+    r = api(server, "POST", "txt2img", json={"prompt": "x", "override_settings": {"sd_model_checkpoint": "tiny-copy"}})
+    assert r.status_code == 422 and "POST /sdapi/v1/options" in r.text
+
+
+def test_a_switch_waits_for_queued_jobs_and_the_next_job_uses_the_new_model(server):
+    models = {m["model_name"]: m for m in api(server, "GET", "sd-models").json()}
+    api(server, "POST", "options", json={"sd_model_checkpoint": "random-sd1"})
+    results = {}
+    first = threading.Thread(target=lambda: results.update(first=generate(server, steps=60)))
+    first.start()
+    while api(server, "GET", "progress").json()["state"]["sampling_steps"] == 0:
+        pass
+    switch = threading.Thread(target=lambda: results.update(
+        switch=api(server, "POST", "options", json={"sd_model_checkpoint": "tiny-copy"}).status_code))
+    switch.start()
+    first.join()
+    switch.join()
+    assert results["switch"] == 200
+    assert f"Model hash: {models['random-sd1']['hash']}" in results["first"]["infotexts"][0]  # finished on the old
+    assert f"Model hash: {models['tiny-copy']['hash']}" in generate(server)["infotexts"][0]
+
+
+def test_switching_back_and_forth_frees_the_old_model(server):
+    names = ["tiny-copy", "random-sd1"]
+    rss = []
+    for i in range(10):
+        assert api(server, "POST", "options", json={"sd_model_checkpoint": names[i % 2]}).status_code == 200
+        rss.append(server.rss_kib())
+    assert rss[-1] <= 1.1 * rss[1], rss  # after 10 switches within 10% of after the first pair
+
+
+def test_refresh_checkpoints_rescans_the_folder(server, model_dir):
+    (model_dir / "added.safetensors").write_bytes((model_dir / "broken.safetensors").read_bytes() + b" ")
+    try:
+        assert "added" not in [m["model_name"] for m in api(server, "GET", "sd-models").json()]
+        assert api(server, "POST", "refresh-checkpoints").status_code == 200
+        assert "added" in [m["model_name"] for m in api(server, "GET", "sd-models").json()]
+    finally:
+        (model_dir / "added.safetensors").unlink()
+        api(server, "POST", "refresh-checkpoints")
