@@ -1,12 +1,15 @@
 """`server.checkpoints`: several models in --model-dir, one loaded at a time, switched the way Open WebUI and
 SillyTavern switch them (POST /sdapi/v1/options), against a real `sumie serve`."""
 
+import base64
+import io
 import json
 import shutil
 import threading
 
 import httpx
 import pytest
+from PIL import Image
 
 from server_util import Server
 from sumie import tiny
@@ -22,8 +25,12 @@ def model_dir(sd1_folder, tmp_path_factory):
 
 
 @pytest.fixture(scope="module")
-def server(model_dir):
-    s = Server("--model", model_dir / "random-sd1", "--model-dir", model_dir, "--api-auth", "ann:pw")
+def server(model_dir, tmp_path_factory):
+    styles = tmp_path_factory.mktemp("styles") / "styles.csv"
+    styles.write_text('name,prompt,negative_prompt\nwatercolour,"{prompt}, watercolour painting",photo\n'
+                      'sharp,sharp focus,blurry\n')
+    s = Server("--model", model_dir / "random-sd1", "--model-dir", model_dir, "--api-auth", "ann:pw",
+               "--styles", styles)
     yield s
     s.stop()
 
@@ -105,3 +112,45 @@ def test_refresh_checkpoints_rescans_the_folder(server, model_dir):
     finally:
         (model_dir / "added.safetensors").unlink()
         api(server, "POST", "refresh-checkpoints")
+
+
+def test_sillytaverns_calls(server):
+    """SillyTavern's sequence (its source): ping options, the listings, switch the model by posting options and poll
+    progress until job_count is 0, generate with hires fix and override_settings, cancel."""
+    get = lambda path: api(server, "GET", path)  # noqa: E731
+    options = get("options").json()
+    assert [u["name"] for u in get("upscalers").json()] == ["None", "Lanczos", "Nearest"]
+    assert get("latent-upscale-modes").json()[0] == {"name": "Latent"}
+    assert get("sd-vae").json() == [] and get("sd-modules").json() == []
+    assert len(get("samplers").json()) >= 10 and get("schedulers").status_code == 200
+    model = next(m for m in get("sd-models").json() if m["model_name"] == "tiny-copy")
+    switch = api(server, "POST", "options", json={"sd_model_checkpoint": model["title"]})
+    assert switch.status_code == 200 and get("progress").json()["state"]["job_count"] == 0
+    body = {"prompt": "a red circle", "negative_prompt": "", "steps": 3, "width": 32, "height": 32, "seed": 5,
+            "sampler_name": "DPM++ 2M", "scheduler": "Automatic", "cfg_scale": 5, "enable_hr": True,
+            "hr_scale": 2, "hr_upscaler": "Latent", "hr_second_pass_steps": 2, "denoising_strength": 0.5,
+            "override_settings": {"CLIP_stop_at_last_layers": 1, "sd_vae": "Automatic"},
+            "override_settings_restore_afterwards": True}
+    r = api(server, "POST", "txt2img", json=body)
+    assert r.status_code == 200, r.text
+    info = json.loads(r.json()["info"])
+    text = info["infotexts"][0]
+    assert "Hires upscale: 2" in text and "Hires steps: 2" in text and "Hires upscaler: Latent" in text
+    assert Image.open(io.BytesIO(base64.b64decode(r.json()["images"][0]))).size == (64, 64)
+    assert f"Model hash: {model['hash']}" in text and options["sd_model_checkpoint"] != model["title"]
+    assert api(server, "POST", "interrupt").status_code == 200
+    for bad, field in (({"hr_scale": 100}, "hr_scale"), ({"width": 512, "height": 512, "hr_scale": 5}, "hr_scale"),
+                       ({"hr_upscaler": "4x-UltraSharp"}, "hr_upscaler"), ({"steps": -1}, "steps")):
+        r = api(server, "POST", "txt2img", json={**body, **bad})
+        assert r.status_code == 422 and field in r.text, r.text
+    api(server, "POST", "options", json={"sd_model_checkpoint": "random-sd1"})
+
+
+def test_prompt_styles_from_a1111s_csv(server):
+    assert api(server, "GET", "prompt-styles").json() == [
+        {"name": "watercolour", "prompt": "{prompt}, watercolour painting", "negative_prompt": "photo"},
+        {"name": "sharp", "prompt": "sharp focus", "negative_prompt": "blurry"}]
+    info = generate(server, prompt="a fox", negative_prompt="", styles=["watercolour", "sharp"])
+    assert info["infotexts"][0].startswith("a fox, watercolour painting, sharp focus\nNegative prompt: photo, blurry\n")
+    r = api(server, "POST", "txt2img", json={"prompt": "x", "styles": ["oil"]})
+    assert r.status_code == 422 and "styles" in r.text and "watercolour" in r.text

@@ -1,10 +1,5 @@
 """`hires`: A1111's hires fix (a first pass, an upscale, an img2img pass) in Python, the CLI and the server."""
 
-import base64
-import io
-import json
-
-import httpx
 import numpy as np
 import pytest
 from PIL import Image
@@ -76,39 +71,3 @@ def test_cli_hires_fix_and_params_from(sd1_folder, tmp_path):
     assert np.array_equal(np.asarray(Image.open(again.stdout.split()[0])), np.asarray(Image.open(first)))
     bad = sumie("generate", "x", "--hires-scale", 200, *common)
     assert bad.returncode == 2 and "hires fix to" in bad.stderr
-
-
-def test_sillytaverns_calls(sd1_folder):
-    """SillyTavern's sequence (its source): ping options, the listings, select the model by posting options, generate
-    with hires fix and override_settings, cancel. Every step answers in A1111's shape."""
-    from server_util import Server
-    s = Server("--model", sd1_folder)
-    try:
-        get = lambda path: httpx.get(s.url + "/sdapi/v1/" + path, timeout=60)  # noqa: E731
-        options = get("options").json()
-        assert [u["name"] for u in get("upscalers").json()] == ["None", "Lanczos", "Nearest"]
-        assert get("latent-upscale-modes").json()[0] == {"name": "Latent"}
-        assert get("sd-vae").json() == [] and get("sd-modules").json() == []
-        assert len(get("samplers").json()) >= 10 and get("schedulers").status_code == 200
-        [model] = get("sd-models").json()
-        switch = httpx.post(s.url + "/sdapi/v1/options", json={"sd_model_checkpoint": model["title"]})
-        assert switch.status_code == 200 and get("progress").json()["state"]["job_count"] == 0
-        body = {"prompt": "a red circle", "negative_prompt": "", "steps": 3, "width": 32, "height": 32, "seed": 5,
-                "sampler_name": "DPM++ 2M", "scheduler": "Automatic", "cfg_scale": 5, "enable_hr": True,
-                "hr_scale": 2, "hr_upscaler": "Latent", "hr_second_pass_steps": 2, "denoising_strength": 0.5,
-                "override_settings": {"CLIP_stop_at_last_layers": 1, "sd_vae": "Automatic"},
-                "override_settings_restore_afterwards": True}
-        r = httpx.post(s.url + "/sdapi/v1/txt2img", json=body, timeout=120)
-        assert r.status_code == 200, r.text
-        info = json.loads(r.json()["info"])
-        text = info["infotexts"][0]
-        assert "Hires upscale: 2" in text and "Hires steps: 2" in text and "Hires upscaler: Latent" in text
-        assert Image.open(io.BytesIO(base64.b64decode(r.json()["images"][0]))).size == (64, 64)
-        assert f"Model hash: {model['hash']}" in text and options["sd_model_checkpoint"] == model["title"]
-        assert httpx.post(s.url + "/sdapi/v1/interrupt").status_code == 200
-        for bad, field in (({"hr_scale": 100}, "hr_scale"), ({"hr_upscaler": "4x-UltraSharp"}, "hr_upscaler"),
-                           ({"steps": -1}, "steps")):
-            r = httpx.post(s.url + "/sdapi/v1/txt2img", json={**body, **bad}, timeout=60)
-            assert r.status_code == 422 and field in r.text, r.text
-    finally:
-        s.stop()

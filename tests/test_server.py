@@ -307,7 +307,8 @@ def test_options_post_keeps_the_whole_dict_and_acts_on_known_keys(server):
         assert httpx.get(url).json()["CLIP_stop_at_last_layers"] == 2  # restored afterwards, as A1111 does
     finally:
         httpx.post(url, json={"CLIP_stop_at_last_layers": 1})
+    # nothing behind these here (no styles.csv either), in A1111's shape
     for listing in ("sd-vae", "sd-modules", "face-restorers", "realesrgan-models", "prompt-styles", "hypernetworks"):
         r = httpx.get(server.url + "/sdapi/v1/" + listing)
-        assert r.status_code == 200 and r.json() == [], listing  # nothing behind them, in A1111's shape
+        assert r.status_code == 200 and r.json() == [], listing
     assert httpx.post(server.url + "/sdapi/v1/refresh-checkpoints").status_code == 200

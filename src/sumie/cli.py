@@ -287,6 +287,7 @@ def cmd_serve(args) -> int:
           api_auth=args.api_auth, queue_size=args.queue_size, device=str(device), request_timeout=args.timeout,
           embeddings=folder_beside(args.embeddings, args.outdir, "embeddings"), allow_pickle=args.allow_pickle,
           lora_dir=folder_beside(args.lora_dir, args.outdir, "loras"), model_dir=args.model_dir,
+          styles=args.styles or ("styles.csv" if Path("styles.csv").is_file() else None),
           warn=lambda text: print(text, file=sys.stderr))
     return 0
 
@@ -402,6 +403,8 @@ def build_parser() -> argparse.ArgumentParser:
 
     sv = sub.add_parser("serve", help="an AUTOMATIC1111-compatible HTTP API and a web page")
     sv.add_argument("--model", help="as for generate (default: sumie-tiny)")
+    sv.add_argument("--styles", metavar="CSV", help="A1111's styles.csv (name,prompt,negative_prompt); default: "
+                                                  "styles.csv in the current folder, when there is one")
     sv.add_argument("--model-dir", dest="model_dir", metavar="DIR",
                     help="diffusers folders and .safetensors files clients may switch to (POST /sdapi/v1/options)")
     sv.add_argument("--host", default="127.0.0.1", help="default 127.0.0.1 (this machine only)")

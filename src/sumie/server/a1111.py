@@ -83,7 +83,11 @@ def check_settings(settings: dict, engine) -> list[dict]:
 
 
 # A1111's listings sumie has nothing behind: answered empty, in A1111's shape, so that clients that fetch them work
-EMPTY_LISTINGS = ("sd-vae", "sd-modules", "face-restorers", "realesrgan-models", "prompt-styles", "hypernetworks")
+EMPTY_LISTINGS = ("sd-vae", "sd-modules", "face-restorers", "realesrgan-models", "hypernetworks")
+
+
+def prompt_styles(engine) -> list[dict]:
+    return [{"name": name, "prompt": p, "negative_prompt": n} for name, (p, n) in engine.styles.items()]
 
 
 def upscalers() -> list[dict]:

@@ -66,6 +66,7 @@ class Engine:
         self.current: Job | None = None
         self.last_step_seconds = 1.0
         self.settings: dict = {}  # what clients posted to /options (see a1111.options)
+        self.styles: dict[str, tuple[str, str]] = {}  # A1111's prompt styles (see sumie.styles)
         self.lock = threading.Lock()
         self.thread = threading.Thread(target=self._work, name="sumie-worker", daemon=True)
         self.thread.start()

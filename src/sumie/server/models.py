@@ -36,6 +36,7 @@ class Txt2ImgRequest(BaseModel):
     save_images: bool = False
     override_settings: dict = Field(default_factory=dict)  # options for this request (see `clip_skip`)
     override_settings_restore_afterwards: bool = True  # false: they stay set afterwards, as posted to /options
+    styles: list[str] = Field(default_factory=list, max_length=32)  # names in the server's styles.csv
     # A1111's hires fix (see sumie.hires)
     enable_hr: bool = False
     hr_scale: float = Field(2.0, ge=1, le=8, allow_inf_nan=False)

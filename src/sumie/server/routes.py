@@ -14,6 +14,7 @@ from ..errors import InputError, SumieError
 from ..images import parse_parameters
 from ..hires import Hires
 from ..img2img import Img2Img, steps_for
+from ..styles import apply as apply_styles
 from ..schedulers import SAMPLERS, from_a1111
 from . import a1111
 from .codec import from_base64, png_parameters, to_base64
@@ -66,6 +67,11 @@ async def txt2img(body: Txt2ImgRequest, request: Request, engine: Engine = Depen
         except InputError as e:
             return field_error(["hr_scale"], str(e))
     return await run(body, request, engine, hires=fix)
+
+
+@router.get("/prompt-styles")
+def prompt_styles(engine: Engine = Depends(engine)):
+    return a1111.prompt_styles(engine)
 
 
 @router.get("/upscalers")
@@ -123,6 +129,12 @@ async def run(body: Txt2ImgRequest, request: Request, engine: Engine, init: tupl
                    "msg": "a request cannot switch the model for itself here; POST /sdapi/v1/options first"}]
     if errors:
         return error(422, [{**e, "loc": ["body", "override_settings", *e["loc"][1:]]} for e in errors])
+    if body.styles:
+        try:
+            prompt, negative = apply_styles(body.prompt, body.negative_prompt, body.styles, engine.styles)
+        except InputError as e:
+            return field_error(["styles"], str(e))
+        body = body.model_copy(update={"prompt": prompt, "negative_prompt": negative})
     if not body.override_settings_restore_afterwards:
         engine.settings.update(body.override_settings)
     body = body.model_copy(update={"override_settings": {**engine.settings, **body.override_settings}})
