@@ -25,12 +25,23 @@ def model_dir(sd1_folder, tmp_path_factory):
 
 
 @pytest.fixture(scope="module")
-def server(model_dir, tmp_path_factory):
+def vae_dir(tmp_path_factory):
+    """Another VAE of the small SD 1 model's shape, with other random weights."""
+    from diffusers import AutoencoderKL
+
+    from oracle import TINY_VAE, randomize
+    d = tmp_path_factory.mktemp("vaes")
+    randomize(AutoencoderKL(**TINY_VAE), 99).save_pretrained(d / "other-vae")
+    return d
+
+
+@pytest.fixture(scope="module")
+def server(model_dir, vae_dir, tmp_path_factory):
     styles = tmp_path_factory.mktemp("styles") / "styles.csv"
     styles.write_text('name,prompt,negative_prompt\nwatercolour,"{prompt}, watercolour painting",photo\n'
                       'sharp,sharp focus,blurry\n')
     s = Server("--model", model_dir / "random-sd1", "--model-dir", model_dir, "--api-auth", "ann:pw",
-               "--styles", styles)
+               "--styles", styles, "--vae-dir", vae_dir)
     yield s
     s.stop()
 
@@ -121,7 +132,7 @@ def test_sillytaverns_calls(server):
     options = get("options").json()
     assert [u["name"] for u in get("upscalers").json()] == ["None", "Lanczos", "Nearest"]
     assert get("latent-upscale-modes").json()[0] == {"name": "Latent"}
-    assert get("sd-vae").json() == [] and get("sd-modules").json() == []
+    assert [v["model_name"] for v in get("sd-vae").json()] == ["other-vae"] and get("sd-modules").json()
     assert len(get("samplers").json()) >= 10 and get("schedulers").status_code == 200
     model = next(m for m in get("sd-models").json() if m["model_name"] == "tiny-copy")
     switch = api(server, "POST", "options", json={"sd_model_checkpoint": model["title"]})
@@ -154,3 +165,49 @@ def test_prompt_styles_from_a1111s_csv(server):
     assert info["infotexts"][0].startswith("a fox, watercolour painting, sharp focus\nNegative prompt: photo, blurry\n")
     r = api(server, "POST", "txt2img", json={"prompt": "x", "styles": ["oil"]})
     assert r.status_code == 422 and "styles" in r.text and "watercolour" in r.text
+
+
+def test_every_listing_answers_in_a1111s_shape(server):
+    """Each item of each listing has exactly the fields of A1111's response model, of its types (tests/data)."""
+    from oracle import DATA
+    spec = json.loads((DATA / "a1111_api_items.json").read_text())
+    types = {"str": str, "list": list, "dict": dict, "bool": bool, "int": int, "float": (int, float)}
+
+    def check(item, fields, where):
+        assert set(item) == set(fields), (where, sorted(item), sorted(fields))
+        for key, kind in fields.items():
+            value, optional, kind = item[key], kind.endswith("?"), kind.rstrip("?")
+            if value is None:
+                assert optional, (where, key, "is None")
+            else:  # a bool is not a number here
+                assert isinstance(value, types[kind]) and (kind == "bool" or not isinstance(value, bool)), \
+                    (where, key, value, kind)
+    for path, fields in spec.items():
+        if path.startswith("_"):
+            continue
+        answer = api(server, "GET", path).json()
+        for item in answer if isinstance(answer, list) else [answer]:
+            check(item, fields, path)
+    assert len(api(server, "GET", "sd-models").json()) == 3 and len(api(server, "GET", "prompt-styles").json()) == 2
+
+
+def test_sd_vae_picks_a_vae_of_vae_dir_per_request_or_for_the_server(server):
+    assert [v["model_name"] for v in api(server, "GET", "sd-vae").json()] == ["other-vae"]
+    assert api(server, "POST", "options", json={"sd_model_checkpoint": "random-sd1"}).status_code == 200
+
+    def image(**extra):
+        body = {"prompt": "a red circle", "steps": 2, "width": 32, "height": 32, "seed": 1, **extra}
+        r = api(server, "POST", "txt2img", json=body)
+        assert r.status_code == 200, r.text
+        return r.json()["images"][0], json.loads(r.json()["info"])["infotexts"][0]
+    own, own_text = image()
+    other, other_text = image(override_settings={"sd_vae": "other-vae"})
+    assert other != own and "VAE: other-vae" in other_text and "VAE:" not in own_text
+    assert image()[0] == own  # the model's own VAE again after that request
+    try:
+        assert api(server, "POST", "options", json={"sd_vae": "other-vae"}).status_code == 200
+        assert image()[0] == other
+    finally:
+        api(server, "POST", "options", json={"sd_vae": "Automatic"})
+    r = api(server, "POST", "options", json={"sd_vae": "kl-f8-anime.safetensors"})
+    assert r.status_code == 422 and "sd_vae" in r.text

@@ -278,8 +278,9 @@ def cmd_serve(args) -> int:
         raise InputError("--api-auth takes user:password (several separated by commas)")
     if not 0 < args.timeout < float("inf"):
         raise InputError(f"--timeout must be a positive number of seconds (got {args.timeout})")
-    if args.model_dir is not None and not Path(args.model_dir).is_dir():
-        raise InputError(f"--model-dir {args.model_dir}: not a folder")
+    for flag, folder in (("--model-dir", args.model_dir), ("--vae-dir", args.vae_dir)):
+        if folder is not None and not Path(folder).is_dir():
+            raise InputError(f"{flag} {folder}: not a folder")
     if not 1 <= args.queue_size <= 1024:
         raise InputError(f"--queue-size must be from 1 to 1024 (got {args.queue_size})")
     device, _ = _device_and_dtype(args.device or "cpu", "float32")
@@ -287,7 +288,7 @@ def cmd_serve(args) -> int:
           api_auth=args.api_auth, queue_size=args.queue_size, device=str(device), request_timeout=args.timeout,
           embeddings=folder_beside(args.embeddings, args.outdir, "embeddings"), allow_pickle=args.allow_pickle,
           lora_dir=folder_beside(args.lora_dir, args.outdir, "loras"), model_dir=args.model_dir,
-          styles=args.styles or ("styles.csv" if Path("styles.csv").is_file() else None),
+          styles=args.styles or ("styles.csv" if Path("styles.csv").is_file() else None), vae_dir=args.vae_dir,
           warn=lambda text: print(text, file=sys.stderr))
     return 0
 
@@ -403,6 +404,8 @@ def build_parser() -> argparse.ArgumentParser:
 
     sv = sub.add_parser("serve", help="an AUTOMATIC1111-compatible HTTP API and a web page")
     sv.add_argument("--model", help="as for generate (default: sumie-tiny)")
+    sv.add_argument("--vae-dir", dest="vae_dir", metavar="DIR",
+                    help="VAEs (.safetensors files, diffusers vae folders) that sd_vae may name")
     sv.add_argument("--styles", metavar="CSV", help="A1111's styles.csv (name,prompt,negative_prompt); default: "
                                                   "styles.csv in the current folder, when there is one")
     sv.add_argument("--model-dir", dest="model_dir", metavar="DIR",

@@ -75,15 +75,16 @@ def check_settings(settings: dict, engine) -> list[dict]:
     if str(settings.get("samples_format", "png")).lower() != "png":
         bad("samples_format", f"only png is written (got {settings['samples_format']!r}): its text chunk carries "
                               f"the parameters")
-    if settings.get("sd_vae", "Automatic") not in ("Automatic", "None"):
-        bad("sd_vae", f"no VAE {settings['sd_vae']!r}; this server has Automatic (the model's own)")
+    vae = settings.get("sd_vae", "Automatic")
+    if vae not in ("Automatic", "None") and vae not in engine.vaes.found:
+        bad("sd_vae", f"no VAE {vae!r}; choose Automatic (the model's own) or one of GET /sdapi/v1/sd-vae")
     if not isinstance(settings.get("img2img_fix_steps", False), bool):
         bad("img2img_fix_steps", "must be true or false")
     return errors
 
 
 # A1111's listings sumie has nothing behind: answered empty, in A1111's shape, so that clients that fetch them work
-EMPTY_LISTINGS = ("sd-vae", "sd-modules", "face-restorers", "realesrgan-models", "hypernetworks")
+EMPTY_LISTINGS = ("face-restorers", "realesrgan-models", "hypernetworks")
 
 
 def prompt_styles(engine) -> list[dict]:

@@ -14,7 +14,7 @@ from ..errors import SumieError
 from ..lora import Library
 from ..pipeline import StableDiffusionPipeline
 from ..styles import read_styles
-from .checkpoints import Checkpoints, describe
+from .checkpoints import VAEs, Checkpoints, describe
 from .engine import Engine
 from .routes import router
 from .security import LOCAL_HOSTS, Auth, Guard, Refused, error
@@ -54,7 +54,7 @@ def serve(model: str, *, host: str = "127.0.0.1", port: int = 7860, outdir: str 
           api_key: str | None = None, api_auth: str | None = None, queue_size: int = 16,
           device: str = "cpu", request_timeout: float = 600.0, embeddings: str | Path | None = None,
           allow_pickle: bool = False, lora_dir: str | Path | None = None, model_dir: str | Path | None = None,
-          styles: str | Path | None = None, warn=print) -> None:
+          styles: str | Path | None = None, vae_dir: str | Path | None = None, warn=print) -> None:
     """`sumie serve`: load `model` (with the textual-inversion embeddings in `embeddings` and the LoRA folder), then
     serve it with uvicorn until stopped. Clients may switch to the other checkpoints of `model_dir`."""
     if host not in LOCAL_HOSTS and not (api_key or api_auth):
@@ -76,4 +76,5 @@ def serve(model: str, *, host: str = "127.0.0.1", port: int = 7860, outdir: str 
                      allowed_hosts=None if host in LOCAL_HOSTS else set(), request_timeout=request_timeout,
                      native_size=pipe.unet.config.sample_size * pipe.vae_scale_factor)
     app.state.engine.styles = known_styles
+    app.state.engine.vaes = VAEs(vae_dir)
     uvicorn.run(app, host=host, port=port, log_level="warning")

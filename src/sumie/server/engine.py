@@ -24,7 +24,7 @@ from PIL import Image
 from .. import hires, img2img
 from ..images import infotext, save_png_new
 from ..img2img import steps_for
-from .checkpoints import Checkpoint, Checkpoints
+from .checkpoints import OWN_VAE, VAEs, Checkpoint, Checkpoints
 from .codec import to_base64
 from .models import Txt2ImgRequest
 
@@ -67,6 +67,7 @@ class Engine:
         self.last_step_seconds = 1.0
         self.settings: dict = {}  # what clients posted to /options (see a1111.options)
         self.styles: dict[str, tuple[str, str]] = {}  # A1111's prompt styles (see sumie.styles)
+        self.vaes, self.own_vae = VAEs(None), pipe.vae  # sd_vae's choices, and the model's own VAE
         self.lock = threading.Lock()
         self.thread = threading.Thread(target=self._work, name="sumie-worker", daemon=True)
         self.thread.start()
@@ -90,6 +91,7 @@ class Engine:
 
     def _run(self, job: Job) -> dict:
         r = job.request
+        self.vaes.use(self.pipe, self.own_vae, r.override_settings.get("sd_vae", "Automatic"))
         steps = r.steps  # model steps per batch: img2img runs fewer
         if job.init is not None:
             total, kept = steps_for(job.init[1].strength, r.steps, job.init[1].exact_steps)
@@ -141,7 +143,8 @@ class Engine:
         """Load `checkpoint`, then let the old model go. Jobs run in queue order, so none runs half-way through
         this; a load that fails leaves the old model serving."""
         pipe = self.loader(checkpoint.path)
-        self.pipe, self.checkpoints.current = pipe, checkpoint
+        self.pipe, self.own_vae, self.checkpoints.current = pipe, pipe.vae, checkpoint
+        self.vaes.loaded = None  # a VAE loaded for the old model's config
         gc.collect()
         return {}
 
@@ -165,6 +168,8 @@ class Engine:
         return self.checkpoints.current.title
 
     def infotext(self, r: Txt2ImgRequest, job: Job, seed: int, extra: dict | None = None) -> str:
+        vae = r.override_settings.get("sd_vae", "Automatic")
+        extra = {**(extra or {}), **({"VAE": vae} if vae not in OWN_VAE else {})}
         return infotext(r.prompt, r.negative_prompt, steps=r.steps, sampler_id=job.sampler_id, karras=job.karras,
                         cfg_scale=r.cfg_scale, seed=seed, width=r.width, height=r.height, extra=extra,
                         model_hash=self.model_hash, model_name=self.model_name, clip_skip=r.clip_skip,

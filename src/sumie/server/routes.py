@@ -69,6 +69,22 @@ async def txt2img(body: Txt2ImgRequest, request: Request, engine: Engine = Depen
     return await run(body, request, engine, hires=fix)
 
 
+@router.get("/sd-vae")
+def sd_vae(engine: Engine = Depends(engine)):
+    return engine.vaes.listing()
+
+
+@router.get("/sd-modules")
+def sd_modules(engine: Engine = Depends(engine)):
+    return engine.vaes.listing()
+
+
+@router.post("/refresh-vae")
+def refresh_vae(engine: Engine = Depends(engine)):
+    engine.vaes.refresh()
+    return None
+
+
 @router.get("/prompt-styles")
 def prompt_styles(engine: Engine = Depends(engine)):
     return a1111.prompt_styles(engine)

@@ -14,7 +14,8 @@ from .models import MAX_BODY
 
 LOCAL_HOSTS = {"127.0.0.1", "localhost", "::1", "[::1]"}
 # POSTs that carry no body: everything else under /sdapi/ must be application/json
-BODILESS = ("/sdapi/v1/interrupt", "/sdapi/v1/skip", "/sdapi/v1/refresh-loras", "/sdapi/v1/refresh-checkpoints")
+BODILESS = ("/sdapi/v1/interrupt", "/sdapi/v1/skip", "/sdapi/v1/refresh-loras", "/sdapi/v1/refresh-checkpoints",
+            "/sdapi/v1/refresh-vae")
 
 
 def error(status: int, detail, headers=None) -> JSONResponse:
