@@ -211,3 +211,29 @@ def test_sd_vae_picks_a_vae_of_vae_dir_per_request_or_for_the_server(server):
         api(server, "POST", "options", json={"sd_vae": "Automatic"})
     r = api(server, "POST", "options", json={"sd_vae": "kl-f8-anime.safetensors"})
     assert r.status_code == 422 and "sd_vae" in r.text
+
+
+def test_a_painting_plugins_calls(server):
+    """The calls the issue lists for Krita plugins and bots, in a plugin's order: refresh and list the models, the
+    LoRAs and embeddings, generate, then repaint part of the result through a mask."""
+    import numpy as np
+    assert api(server, "POST", "refresh-checkpoints").status_code == 200
+    assert len(api(server, "GET", "sd-models").json()) == 3
+    assert api(server, "GET", "loras").json() == [] and set(api(server, "GET", "embeddings").json()) == {"loaded",
+                                                                                                        "skipped"}
+    r = api(server, "POST", "txt2img", json={"prompt": "a red circle", "steps": 2, "width": 32, "height": 32, "seed": 4})
+    canvas = r.json()["images"][0]
+    mask = Image.new("L", (32, 32))
+    mask.paste(255, (8, 8, 24, 24))
+    buf = io.BytesIO()
+    mask.save(buf, format="PNG")
+    r = api(server, "POST", "img2img", json={
+        "init_images": ["data:image/png;base64," + canvas], "mask": base64.b64encode(buf.getvalue()).decode(),
+        "mask_blur": 0, "inpaint_full_res": False, "denoising_strength": 0.9, "prompt": "a blue square", "steps": 3,
+        "seed": 4})
+    assert r.status_code == 200, r.text
+    before = np.asarray(Image.open(io.BytesIO(base64.b64decode(canvas))).convert("RGB"), dtype=int)
+    after = np.asarray(Image.open(io.BytesIO(base64.b64decode(r.json()["images"][0]))).convert("RGB"), dtype=int)
+    keep = np.ones((32, 32), bool)
+    keep[8:24, 8:24] = False
+    assert np.array_equal(after[keep], before[keep]) and not np.array_equal(after[~keep], before[~keep])
