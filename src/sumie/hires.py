@@ -10,8 +10,6 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-import numpy as np
-import torch
 import torch.nn.functional as F
 from PIL import Image
 
@@ -79,10 +77,9 @@ def run(pipe, hires: Hires, *, width: int, height: int, steps: int, **kwargs) ->
         mode, antialias = LATENT_MODES[hires.upscaler]
         init = F.interpolate(latents, size=(h // f, w // f), mode=mode, antialias=antialias)
         if hires.strength == 0 or stopped:
-            return _pil(torch.cat([pipe.decode(z) for z in init.split(1)]))
+            return pipe.output(init)
     else:
-        first = _pil(torch.cat([pipe.decode(z) for z in latents.split(1)]))
-        init = [im.resize((w, h), IMAGE_UPSCALERS[hires.upscaler]) for im in first]
+        init = [im.resize((w, h), IMAGE_UPSCALERS[hires.upscaler]) for im in pipe.output(latents)]
         if hires.strength == 0 or stopped:
             return init
     total, kept = steps_for(hires.strength, hires.steps or steps, exact=True)
@@ -94,9 +91,3 @@ def run(pipe, hires: Hires, *, width: int, height: int, steps: int, **kwargs) ->
             else [hires.negative_prompt] * len(init)
     return StableDiffusionImg2ImgPipeline.from_pipe(pipe)(image=init, strength=kept, num_inference_steps=total,
                                                           width=w, height=h, **second).images
-
-
-def _pil(images: torch.Tensor) -> list[Image.Image]:
-    """(B, 3, H, W) in [0, 1] -> PIL images, rounded as the pipeline rounds them."""
-    array = images.permute(0, 2, 3, 1).float().cpu().numpy()
-    return [Image.fromarray((a * 255).round().astype(np.uint8)) for a in array]

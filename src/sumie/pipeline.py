@@ -443,15 +443,21 @@ class StableDiffusionPipeline:
         x = self._sample(sampling, x, model, generator, callback_on_step_end, between)
 
         # 4. Decode the latents to images
+        return PipelineOutput(self.output(x, output_type))
+
+    @torch.no_grad()
+    def output(self, latents: torch.Tensor, output_type: str = "pil"):
+        """(B, 4, h, w) latents -> images as `output_type` asks: "latent" (the latents), "pt" ((B, 3, H, W) in
+        [0, 1]), "np" ((B, H, W, 3)) or "pil" (a list of PIL images)."""
         if output_type == "latent":
-            return PipelineOutput(x)
-        image = torch.cat([self.decode(z) for z in x.split(1)]) if self._one_at_a_time else self.decode(x)
+            return latents
+        image = torch.cat([self.decode(z) for z in latents.split(1)]) if self._one_at_a_time else self.decode(latents)
         if output_type == "pt":
-            return PipelineOutput(image)
+            return image
         array = image.permute(0, 2, 3, 1).float().cpu().numpy()
         if output_type == "np":
-            return PipelineOutput(array)
-        return PipelineOutput([Image.fromarray((a * 255).round().astype(np.uint8)) for a in array])
+            return array
+        return [Image.fromarray((a * 255).round().astype(np.uint8)) for a in array]
 
     @torch.no_grad()
     def _encode_images(self, images: torch.Tensor, generator, batch: int, *, each_output: bool = True) -> torch.Tensor:
