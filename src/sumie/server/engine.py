@@ -99,6 +99,8 @@ class Engine:
         elif job.hires is not None and job.hires.strength > 0:
             steps += job.hires.steps or r.steps
         job.steps_total = steps * r.n_iter
+        extra = job.init[1].fields() if job.init is not None else \
+            job.hires.fields(r.width, r.height) if job.hires is not None else None  # the job's infotext fields
         images, infotexts, seeds = [], [], []
         for batch in range(r.n_iter):
             if job.interrupted:
@@ -129,8 +131,6 @@ class Engine:
                 out = img2img.run(self.pipe, job.init[0], job.init[1], steps=r.steps, **args)
             for k, image in enumerate(out):
                 seeds.append(first + k)
-                extra = job.init[1].fields() if job.init is not None else \
-                    job.hires.fields(r.width, r.height) if job.hires is not None else None
                 text = self.infotext(r, job, first + k, extra)
                 images.append(image)
                 infotexts.append(text)
