@@ -4,7 +4,7 @@
 
 Counts the step's floating-point operations (torch.utils.flop_counter; and how many are left when the 3x3
 convolutions packing computes by Winograd take 4 multiplies for 9, or 2.25 where it takes F(4x4, 3x3):
-`sumie.speed.winograd.fast_tile`), measures the float32 GEMM peak (a 4096² matrix product) and the rate of reading
+the tiling this machine's tuning chose, `packed_tile`), measures the float32 GEMM peak (a 4096² matrix product) and the rate of reading
 memory (a sum over 1 GiB), times sumie's UNet step eager and packed (`sumie.speed.packing`, what `compile()` does
 on CPU) in one process, and splits the packed step by layer kind, timed around each layer (no profiler,
 whose own cost distorts the split): the arithmetic each kind does, its rate, and for 3x3 convolutions the
@@ -54,12 +54,19 @@ def setup():
     return args, model
 
 
+def packed_tile(conv: torch.nn.Conv2d, x: torch.Tensor) -> int | None:
+    """m of the Winograd F(m x m, 3x3) packing takes for conv on x on this machine (`sumie.speed.tuning`), or None."""
+    from sumie.speed import packing, winograd
+    if not winograd.plain_3x3(conv):
+        return None
+    return {"winograd2": 2, "winograd4": 4}.get(packing.algorithm(conv, x, conv.padding))
+
+
 def conv_multiplies(conv: torch.nn.Conv2d, x: torch.Tensor, out: torch.Tensor) -> tuple[int, int]:
     """(multiply-adds, weight bytes read) of a packed 3x3 convolution: Winograd's F(m x m, 3x3) takes
     (m+2)^2 / m^2 multiplies per output and channel pair where a direct one takes 9 (`sumie.speed.winograd`)."""
-    from sumie.speed import winograd
     pairs = conv.in_channels * conv.out_channels
-    m = winograd.fast_tile(conv, *x.shape[-2:])
+    m = packed_tile(conv, x)
     if m:
         return out.numel() * conv.in_channels * (m + 2) ** 2 // m ** 2, pairs * (m + 2) ** 2 * 4
     return out.numel() * conv.in_channels * 9, pairs * 9 * 4
@@ -94,7 +101,7 @@ def timed_split(model: torch.nn.Module, step, repeats: int) -> dict:
 def main() -> None:
     from torch.utils.flop_counter import FlopCounterMode
 
-    from sumie.speed import kernels, packing, winograd
+    from sumie.speed import kernels, packing
     args, model = setup()
     unet = model.unet
     x, ctx, t = torch.randn(2, 4, 32, 32), torch.randn(2, 77, 768), torch.tensor(500)

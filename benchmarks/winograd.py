@@ -6,7 +6,7 @@ Records every Conv2d call of one guided UNet step (batch 2, 32x32 latents) and o
 on the full SD 1.5 architecture with random weights, keeps the 3x3 stride-1 shapes, and times each in one
 process: oneDNN with its weights packed once (what `compile()` did before), and `winograd.conv3x3` with
 F(2x2, 3x3) and, from 8x8 positions, F(4x4, 3x3) ("used" marks the one `compile()` takes,
-`winograd.fast_tile`). Also the max error of each against a float64 convolution. `--write` refreshes the
+this machine's tuning, `floor.packed_tile`). Also the max error of each against a float64 convolution. `--write` refreshes the
 "Winograd convolution" section of docs/benchmarks.md.
 """
 
@@ -54,7 +54,7 @@ def each_layer(runs: dict):
 
 
 def main() -> None:
-    from floor import median_time, setup
+    from floor import median_time, packed_tile, setup
 
     from sumie.speed import winograd
     args, model = setup()
@@ -77,7 +77,7 @@ def main() -> None:
             errors = [(f().double() - exact).abs().max().item() for f in (onednn, *winos.values())]
             a = median_time(onednn, args.repeats)
             b = {m: median_time(f, args.repeats) for m, f in winos.items()}
-            used = winograd.fast_tile(conv, *shape[-2:])
+            used = packed_tile(conv, x)
             if used:
                 t = totals.setdefault(net, [0.0, 0.0])
                 t[0] += n * a

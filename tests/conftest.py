@@ -1,5 +1,7 @@
+import os
 import shutil
 import sys
+import tempfile
 from pathlib import Path
 
 import pytest
@@ -7,6 +9,8 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).parent))
 torch.set_num_threads(2)
+os.environ["SUMIE_CACHE_DIR"] = tempfile.mkdtemp(prefix="sumie-cache-")  # kernel choices: never the user's
+
 
 from oracle import write_model_folder  # noqa: E402
 
@@ -72,3 +76,15 @@ def error_of():
         assert "\n" not in text and len(text) < 600
         return text
     return message
+
+
+@pytest.fixture
+def force(monkeypatch):
+    """name -> every tuned choice (`speed.tuning`) is `name` where it is a candidate, else the reference."""
+    from sumie.speed import tuning
+
+    def choose(key, names, candidates):
+        return forced[0] if forced[0] in names else names[0]
+    forced = [None]
+    monkeypatch.setattr(tuning, "choose", choose)
+    return lambda name: forced.__setitem__(0, name)

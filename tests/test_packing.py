@@ -1,5 +1,6 @@
-"""`speed.packing`: packed weights follow edits, serve every row count, and take Winograd where it is faster."""
+"""`speed.packing`: packed weights follow edits, serve every row count, and take the algorithm tuned for each shape."""
 
+import pytest
 import torch
 
 
@@ -36,23 +37,21 @@ def test_a_packed_linear_weight_serves_every_row_count():
             assert linear.__dict__["_packed"][1] is first
 
 
-def test_packed_convolutions_take_winograd_where_it_is_faster():
-    """Winograd's transformed weight at 8x8 and up from 256 channels (F(4x4, 3x3) from 32x32, there from 128
-    channels), nothing kept where im2col pays, else oneDNN's packing."""
+@pytest.mark.parametrize("algorithm", ["onednn", "im2col", "winograd2", "winograd4"])
+def test_each_packed_algorithm_keeps_its_weight_and_equals_the_plain_one(force, algorithm):
+    """A packed 3x3 convolution runs by the algorithm tuning chose and keeps only that one's weight (none
+    for im2col), remade after an in-place edit; 1x1 convolutions keep oneDNN's packing."""
     from sumie.speed import packing
+    force(algorithm)
     torch.manual_seed(0)
-    wide, narrow = torch.nn.Conv2d(256, 256, 3, padding=1), torch.nn.Conv2d(192, 192, 3, padding=1)
-    wider = torch.nn.Conv2d(512, 512, 3, padding=1)  # 512 * 512 >= 6400 * 16: im2col at 4x4, batch 1
+    conv, pointwise = torch.nn.Conv2d(192, 256, 3, padding=1), torch.nn.Conv2d(256, 64, 1)
     with torch.no_grad():
-        for conv, batch, size, kind in ((wide, 2, 8, ("winograd", 2)), (wide, 1, 16, ("winograd", 2)),
-                                        (wide, 1, 32, ("winograd", 4)), (wide, 2, 4, (2, 256, 4, 4)),
-                                        (narrow, 2, 8, (2, 192, 8, 8)), (narrow, 1, 32, ("winograd", 4)),
-                                        (wider, 1, 4, None)):
+        for batch, size in ((2, 8), (1, 33)):
             x = torch.randn(batch, conv.in_channels, size, size)
-            plain = conv(x)
-            packing.pack(conv)
-            assert torch.allclose(conv(x), plain, atol=1e-4 if kind == ("winograd", 4) else 1e-5)
-            assert (conv.__dict__["_packed"][0][2] if kind else conv.__dict__.get("_packed")) == kind
-            conv.weight[0].zero_()  # an in-place edit: the transformed copy is remade
+            plain = pointwise(conv(x))
+            packing.pack(conv), packing.pack(pointwise)
+            assert torch.allclose(pointwise(conv(x)), plain, atol=1e-4 if algorithm == "winograd4" else 1e-5)
+            assert conv.__dict__["_packed"][0][0] == algorithm and pointwise.__dict__["_packed"][0][0] == "onednn"
+            conv.weight[0].zero_()  # an in-place edit: the kept copy is remade
             assert conv(x)[:, 0].sub(conv.bias[0]).abs().max() < 1e-6
-            packing.unpack(conv)
+            packing.unpack(conv), packing.unpack(pointwise)

@@ -17,7 +17,7 @@ from torch import nn
 
 from ..layers import ResnetBlock
 from ..vae import AutoencoderKL, DiagonalGaussian, Level, MidBlock
-from . import packing, winograd
+from . import packing
 from .kernels import conv2d
 
 BAND_BUDGET = 1 << 22  # elements of one band's input (16 MiB in float32)
@@ -75,7 +75,8 @@ def conv_rows(conv: nn.Conv2d, rows, height: int, pad: tuple[int, int], budget: 
     # The weights go to the input's device: no forward runs here, so sequential offload's hooks do not move them
     weight, bias = (None if p is None else p.to(first.device) for p in (conv.weight, conv.bias))
     band = max(1, budget // (first.shape[0] * max(first.shape[1], conv.out_channels) * first.shape[-1] * s))
-    packed = packing.winograd_weight(conv, first, height, first.shape[-1])  # after pipe.compile(), else None
+    packed = packing.packed_3x3(conv, first)  # after pipe.compile()
+    algorithm = None  # the packed algorithm of the first band, for every band
     add = add and out is not None
     for a in range(0, out_h, band):
         b = min(a + band, out_h)
@@ -83,8 +84,9 @@ def conv_rows(conv: nn.Conv2d, rows, height: int, pad: tuple[int, int], budget: 
         x = rows(max(lo, 0), min(hi, height))
         if lo < 0 or hi > height:  # the first and last bands: zero rows beyond X's edges
             x = F.pad(x, (0, 0, max(-lo, 0), max(hi - height, 0)))
-        if packed is not None:
-            y = winograd.conv3x3(x, packed, bias, (0, conv.padding[1]))
+        if packed:
+            algorithm = algorithm or packing.algorithm(conv, x, (0, conv.padding[1]))
+            y = packing.conv3x3(conv, x, (0, conv.padding[1]), algorithm)
         else:
             y = conv2d(x, weight, bias, s, (0, conv.padding[1]), conv.dilation, conv.groups)  # by shape
         if out is None:

@@ -1,20 +1,19 @@
 """Kernel choice, a pass on a built model: on CPU inference, each 3x3 convolution runs by the exact algorithm
-fastest for its shape.
+measured fastest for its shape on this machine (`tuning`).
 
 oneDNN, which runs `F.conv2d` on x86 CPUs, converts the weight into its own blocked layout on every call.
 Where the weights are large and the image small (the UNet's 1280-channel layers at 8x8 and 4x4 positions)
-that conversion costs more than the arithmetic. Three algorithms, all exact up to float rounding:
+that conversion can cost more than the arithmetic. Three algorithms, all exact up to float rounding:
 
-- direct: `F.conv2d`;
+- direct: `F.conv2d`, the reference;
 - im2col: the 3x3 neighbourhoods unfolded into columns, then one matrix product with the weight as it
-  is stored (Chellapilla et al. 2006). It copies the input 9 times, which is cheap when the input is small;
-- Winograd F(2x2, 3x3) (`sumie.speed.winograd`) with the weight transformed on each call, which is cheap when the
-  weight is small.
+  is stored (Chellapilla et al. 2006). It copies the input 9 times, so it is a candidate only where the
+  copy of one image stays under IM2COL_MAX_BYTES (a bound on memory, not a rule about speed);
+- Winograd F(2x2, 3x3) (`sumie.speed.winograd`) with the weight transformed on each call.
 
-`by_shape(model)` gives every zero-padded Conv2d of a model a forward that picks by `im2col_pays` and
-`winograd.pays`; the rules' thresholds were measured (docs/benchmarks.md, "Eager convolution").
-Nothing is cached, so memory stays that of the weights. Anything but float32 CPU inference takes
-`F.conv2d`.
+`by_shape(model)` gives every zero-padded Conv2d of a model a forward that takes the algorithm `tuning`
+chose for its shape. Nothing is cached in the model, so memory stays that of the weights. Anything but
+float32 CPU inference takes `F.conv2d`; so does everything with SUMIE_TUNE=0.
 """
 
 from __future__ import annotations
@@ -25,10 +24,9 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from . import winograd
+from . import tuning, winograd
 
-IM2COL_RATIO = 6400  # im2col when C_in * C_out >= this * B * H * W: the weight dwarfs the input
-WINOGRAD_MAX_PAIRS = 640 * 640  # per-call Winograd up to this C_in * C_out: its transformed weight is 16/9 as big
+IM2COL_MAX_BYTES = 64 << 20  # im2col's columns for one image, at most
 
 
 def cpu_inference(x: torch.Tensor, weight: torch.Tensor) -> bool:
@@ -38,10 +36,15 @@ def cpu_inference(x: torch.Tensor, weight: torch.Tensor) -> bool:
             and not torch.compiler.is_compiling())
 
 
-def im2col_pays(x: torch.Tensor, weight: torch.Tensor) -> bool:
-    """Whether im2col beats the direct convolution of x (B, C, H, W): C_in * C_out >= IM2COL_RATIO * B * H * W."""
-    B, C, H, W = x.shape
-    return C * weight.shape[0] >= IM2COL_RATIO * B * H * W
+def im2col_fits(x: torch.Tensor) -> bool:
+    """Whether im2col's columns for one image of x (B, C, H, W) stay under IM2COL_MAX_BYTES."""
+    return 9 * x[0].numel() * x.element_size() <= IM2COL_MAX_BYTES
+
+
+def key(mode: str, x: torch.Tensor, out_channels: int, padding) -> str:
+    """The name of a 3x3 convolution's shape for `tuning`: everything but the batch."""
+    C, H, W = x.shape[1:]
+    return f"{mode} 3x3 {C}x{H}x{W}->{out_channels} pad {padding[0]},{padding[1]}"
 
 
 def im2col_conv3x3(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None,
@@ -56,18 +59,29 @@ def im2col_conv3x3(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | N
     return y.view(B, O, H + 2 * padding[0] - 2, W + 2 * padding[1] - 2)
 
 
+EAGER = {  # name -> (x, weight, bias, padding) -> F.conv2d(x, weight, bias, padding=padding); the reference first
+    "direct": lambda x, w, b, p: F.conv2d(x, w, b, padding=p),
+    "im2col": im2col_conv3x3,
+    "winograd": lambda x, w, b, p: winograd.conv3x3(x, winograd.transform_weight(w), b, p),
+}
+
+
+def algorithm(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None, padding) -> str:
+    """The EAGER algorithm `tuning` keeps for this 3x3 convolution of x (B, C, H, W), timed on `tuning.sample(x)`."""
+    one = tuning.sample(x)
+    return tuning.choose(key("eager", x, weight.shape[0], padding), tuple(EAGER), lambda: {
+        name: (lambda run=run: run(one, weight, bias, padding)) for name, run in EAGER.items()
+        if name != "im2col" or im2col_fits(x)})
+
+
 def conv2d(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None, stride=1, padding=(0, 0),
            dilation=1, groups=1) -> torch.Tensor:
     """F.conv2d with the same arguments (padding as a pair); a 3x3 stride-1 convolution with padding 0 or 1
-    on each axis runs by the algorithm fastest for its shape (above): (B, C, H, W) -> (B, O, H', W')."""
+    on each axis runs by the algorithm measured fastest for its shape (above): (B, C, H, W) -> (B, O, H', W')."""
     plain_3x3 = (weight.shape[-2:] == (3, 3) and stride in (1, (1, 1)) and dilation in (1, (1, 1))
                  and groups == 1 and max(padding) <= 1)
     if plain_3x3 and x.dim() == 4 and cpu_inference(x, weight):
-        if im2col_pays(x, weight):
-            return im2col_conv3x3(x, weight, bias, padding)
-        B, C, H, W = x.shape
-        if C * weight.shape[0] <= WINOGRAD_MAX_PAIRS and winograd.pays(C, weight.shape[0], H, W):
-            return winograd.conv3x3(x, winograd.transform_weight(weight), bias, padding)
+        return EAGER[algorithm(x, weight, bias, padding)](x, weight, bias, tuple(padding))
     return F.conv2d(x, weight, bias, stride, padding, dilation, groups)
 
 

@@ -4,63 +4,106 @@ oneDNN, which runs torch's convolutions and matrix multiplies on x86 CPUs, compu
 layout of its own. A plain `F.conv2d` / `F.linear` call converts the weight into that layout on every call;
 for the UNet's 1280-channel layers at 8x8 or 16x16 positions the conversion costs about as much as the
 arithmetic. `pack(model)` makes each Conv2d and Linear convert its weight once (a Conv2d for the input shape
-it sees) and keep the packed copy. Wide 3x3 convolutions instead keep their Winograd-transformed weights
-(`winograd.fast_tile`: F(2x2, 3x3), or F(4x4, 3x3) where the image is large beside the weight). Where the
-image is small beside the weight (the UNet's 1280-channel layers at 4x4 positions), im2col on the weight as
-stored (`kernels.im2col_pays`) keeps no copy. The numbers are the same within the parity tests' tolerance;
-the process holds a second, packed copy of most weights (16/9 or 4x the size for Winograd layers), which is
-why this is an option and not the default. Its speed and memory: docs/benchmarks.md.
+it sees) and keep the converted copy. A 3x3 stride-1 convolution instead keeps the weight its algorithm
+needs, the algorithm measured fastest for its shape on this machine (`tuning`, as in `kernels`), among
+PACKED: oneDNN's packed weight, im2col on the weight as stored (no copy), Winograd F(2x2, 3x3) or
+F(4x4, 3x3) on the transformed weight (16/9 or 4x the weight's size; F(4x4, 3x3) only where that copy is
+small beside the layer's activations, `_fits`). The numbers are the same within the
+parity tests' tolerance; the process holds a second copy of most weights, which is why this is an option
+and not the default. Its speed and memory: docs/benchmarks.md.
 
-The VAE's bands (`bands.conv_rows`) run each wide convolution by the same transformed weight
-(`winograd_weight`). The packed copy is remade when the weight changes (in-place edits bump its version) or
-a convolution's input shape changes; a Linear's serves every number of rows. Anything but float32 CPU
-inference (training, CUDA, half precision, torch.compile tracing) takes the layer's ordinary forward.
+Each layer keeps one copy, remade when the weight changes (in-place edits bump its version), when the
+algorithm changes, or, for oneDNN's, when the input shape changes; a Linear's serves every number of rows.
+The VAE's bands (`bands.conv_rows`) run every band of a layer by the algorithm tuned for its first band. Anything but float32 CPU inference (training, CUDA, half precision, torch.compile
+tracing) takes the layer's ordinary forward.
 """
 
 from __future__ import annotations
 
+import functools
 import types
 
 import torch
 from torch import nn
 
-from . import winograd
-from .kernels import cpu_inference, im2col_conv3x3, im2col_pays
+from . import tuning, winograd
+from .kernels import cpu_inference, im2col_conv3x3, im2col_fits, key
 
 
-def _packed(module: nn.Module, shape_key, make) -> torch.Tensor:
-    """module's packed weight for inputs keyed by `shape_key`; only the latest one is kept."""
-    key = (module.weight.data_ptr(), module.weight._version, shape_key)
-    cached = module.__dict__.pop("_packed", None)
-    if cached is None or cached[0] != key:
-        cached = None  # the old copy is freed before the new one is made
-        cached = (key, make())
-    module.__dict__["_packed"] = cached
-    return cached[1]
+def _onednn(weight: torch.Tensor, shape, padding) -> torch.Tensor:
+    return torch.ops.mkldnn._reorder_convolution_weight(weight, list(padding), [1, 1], [1, 1], 1, list(shape))
 
 
-def winograd_weight(conv: nn.Conv2d, x: torch.Tensor, height: int, width: int) -> torch.Tensor | None:
-    """The Winograd-transformed weight a packed `conv` keeps for inputs of `height` x `width` positions, of
-    which x is all or a piece; None where the conv is not packed or takes another algorithm. For callers
-    that convolve in pieces (the VAE's bands): the tiling follows the whole input, so it is made once."""
-    m = winograd.fast_tile(conv, height, width)
-    if "forward" not in conv.__dict__ or not cpu_inference(x, conv.weight) or x.dim() != 4 or m is None:
-        return None
-    return _packed(conv, ("winograd", m), lambda: winograd.transform_weight(conv.weight, m))
+def _onednn_conv(x, weight, bias, padding):
+    return torch.ops.mkldnn._convolution_pointwise(x, weight, bias, list(padding), [1, 1], [1, 1], 1, "none", [], "")
+
+
+WINOGRAD4_MAX_GROWTH = 16  # F(4x4, 3x3)'s weight copy, at most this many times one image's output (see _fits)
+
+PACKED = {  # name -> (make(weight, input shape, padding) -> the weight kept, run(x, kept, bias, padding))
+    "onednn": (_onednn, _onednn_conv),  # the reference
+    "im2col": (lambda w, shape, padding: w, im2col_conv3x3),
+    "winograd2": (lambda w, shape, padding: winograd.transform_weight(w, 2), winograd.conv3x3),
+    "winograd4": (lambda w, shape, padding: winograd.transform_weight(w, 4), winograd.conv3x3),
+}
+
+
+def _kept(module: nn.Module, name: str, shape_key, make) -> torch.Tensor:
+    """module's weight as algorithm `name` keeps it, for inputs keyed by `shape_key`; only the latest is kept."""
+    stamp = (name, module.weight.data_ptr(), module.weight._version, shape_key)
+    kept = module.__dict__.pop("_packed", None)
+    if kept is None or kept[0] != stamp:
+        kept = None  # the old copy is freed before the new one is made
+        kept = (stamp, make())
+    module.__dict__["_packed"] = kept
+    return kept[1]
+
+
+def _fits(name: str, x: torch.Tensor, out_channels: int) -> bool:
+    """Whether PACKED algorithm `name` is a candidate for x (B, C, H, W): im2col where its columns fit, and
+    F(4x4, 3x3) where its transformed weight (36 C O values) is at most WINOGRAD4_MAX_GROWTH times the
+    layer's output for one image, so that its copy stays small beside the activations (memory, not speed)."""
+    if name == "im2col":
+        return im2col_fits(x)
+    if name == "winograd4":
+        return 36 * x.shape[1] * out_channels <= WINOGRAD4_MAX_GROWTH * out_channels * x.shape[-2] * x.shape[-1]
+    return True
+
+
+def algorithm(conv: nn.Conv2d, x: torch.Tensor, padding: tuple[int, int]) -> str:
+    """The PACKED algorithm `tuning` keeps for this 3x3 stride-1 `conv` of x (B, C, H, W), timed on
+    `tuning.sample(x)`."""
+    weight, bias, one = conv.weight, conv.bias, tuning.sample(x)
+    return tuning.choose(key("packed", x, conv.out_channels, padding), tuple(PACKED), lambda: {
+        name: functools.partial(run, one, make(weight, one.shape, padding), bias, padding)
+        for name, (make, run) in PACKED.items() if _fits(name, x, conv.out_channels)})
+
+
+def conv3x3(conv: nn.Conv2d, x: torch.Tensor, padding: tuple[int, int], name: str | None = None) -> torch.Tensor:
+    """conv(x) for a 3x3 stride-1 `conv`, with `padding` (0 or 1 on each axis) in place of its own, by PACKED
+    algorithm `name`, by default the one tuned for the shape: (B, C, H, W) -> (B, O, H', W')."""
+    name = name or algorithm(conv, x, padding)
+    make, run = PACKED[name]
+    shape_key = (tuple(x.shape), tuple(padding)) if name == "onednn" else None
+    return run(x, _kept(conv, name, shape_key, lambda: make(conv.weight, x.shape, padding)), conv.bias, padding)
+
+
+def packed_3x3(conv: nn.Module, x: torch.Tensor) -> bool:
+    """Whether `conv` is a packed 3x3 stride-1 convolution and x an input `conv3x3` runs (float32 CPU inference)."""
+    forward = conv.__dict__.get("forward")
+    return (getattr(forward, "__func__", None) is _conv2d and winograd.plain_3x3(conv) and x.dim() == 4
+            and cpu_inference(x, conv.weight))
 
 
 def _conv2d(self: nn.Conv2d, x: torch.Tensor) -> torch.Tensor:
     # x: (B, C_in, H, W) -> (B, C_out, H', W')
     if not cpu_inference(x, self.weight) or x.dim() != 4:
         return type(self).forward(self, x)  # nn.Conv2d's forward (this one is the instance's)
-    U = winograd_weight(self, x, *x.shape[-2:])
-    if U is not None:
-        return winograd.conv3x3(x, U, self.bias)
-    if winograd.same_3x3(self) and im2col_pays(x, self.weight):  # 4x4 positions: faster than oneDNN's packing
-        return im2col_conv3x3(x, self.weight, self.bias)
+    if winograd.plain_3x3(self):
+        return conv3x3(self, x, self.padding)
     args = (list(self.padding), list(self.stride), list(self.dilation), self.groups)
-    weight = _packed(self, tuple(x.shape),
-                     lambda: torch.ops.mkldnn._reorder_convolution_weight(self.weight, *args, list(x.shape)))
+    weight = _kept(self, "onednn", tuple(x.shape),
+                   lambda: torch.ops.mkldnn._reorder_convolution_weight(self.weight, *args, list(x.shape)))
     return torch.ops.mkldnn._convolution_pointwise(x, weight, self.bias, *args, "none", [], "")
 
 
@@ -69,7 +112,7 @@ def _linear(self: nn.Linear, x: torch.Tensor) -> torch.Tensor:
     if not cpu_inference(x, self.weight):
         return type(self).forward(self, x)
     rows = x.numel() // x.shape[-1]  # a hint for the layout; a weight packed for any count serves every count
-    weight = _packed(self, "linear", lambda: torch.ops.mkldnn._reorder_linear_weight(self.weight, rows))
+    weight = _kept(self, "linear", None, lambda: torch.ops.mkldnn._reorder_linear_weight(self.weight, rows))
     return torch.ops.mkldnn._linear_pointwise(x, weight, self.bias, "none", [], "")
 
 

@@ -15,14 +15,14 @@ product with a small (m+2)^2-wide matrix instead of a pass per coefficient.
 - F(2x2, 3x3): B, G and A hold only 0, +-1 and +-1/2, so the result is as accurate as the direct sum.
   Eager convolution (`kernels`) and the fast path use it.
 - F(4x4, 3x3) (interpolation points 0, +-1, +-2): its transforms multiply by up to 8, so its rounding error
-  is several times the direct sum's. Only the fast path (`packing`) uses it, where the image is large beside
-  the weight (`fast_tile`): it needs 1.78x fewer multiplies than F(2x2, 3x3) and moves fewer values per
-  output through its transforms, but its transformed weight is 4x the weight's size.
+  is several times the direct sum's. Only the fast path (`packing`) uses it: it needs 1.78x fewer
+  multiplies than F(2x2, 3x3) and moves fewer values per output through its transforms, but its transformed
+  weight is 4x the weight's size.
 
-What it buys depends on the shape: with few channels the transforms (memory traffic) outweigh the saved
-arithmetic, and at 4x4 positions a layer is bound by reading its weights, which the transform makes 16/9 as
-large. `pays` and `fast_tile` encode the rule measured in docs/benchmarks.md ("Winograd convolution"), with
-its errors against float64.
+What it buys depends on the shape and the CPU: with few channels the transforms (memory traffic) outweigh
+the saved arithmetic, and at 4x4 positions a layer is bound by reading its weights, which the transform
+makes 16/9 as large. So it is one candidate among others, chosen where it is measured fastest (`tuning`).
+Its errors against float64: docs/benchmarks.md ("Winograd convolution").
 """
 
 from __future__ import annotations
@@ -55,27 +55,11 @@ TILINGS = {2: F2, 4: F4}
 TILE_ROWS = 128  # tiles per matrix multiply: the transformed tiles stay in cache
 
 
-def same_3x3(conv: nn.Conv2d) -> bool:
-    """A 3x3, stride 1, zero padding 1 convolution: output the size of the input."""
-    return (conv.kernel_size == (3, 3) and conv.stride == (1, 1) and conv.padding == (1, 1)
-            and conv.dilation == (1, 1) and conv.groups == 1 and conv.padding_mode == "zeros")
-
-
-def pays(in_channels: int, out_channels: int, height: int, width: int) -> bool:
-    """Whether F(2x2, 3x3) computes a 3x3 convolution of this shape faster than oneDNN (module docstring)."""
-    return min(in_channels, out_channels) >= 256 and min(height, width) >= 8
-
-
-def fast_tile(conv: nn.Conv2d, height: int, width: int) -> int | None:
-    """m of the F(m x m, 3x3) the fast path (`packing`) computes `conv` by on an input of height x width
-    positions; None where `conv` is not a 3x3 'same' convolution or Winograd would not be faster (module
-    docstring). F(4x4, 3x3) from 32x32 positions and 128 channels on both sides, where the image is large
-    beside the weight; else F(2x2, 3x3) where it `pays`."""
-    if not same_3x3(conv):
-        return None
-    if min(conv.in_channels, conv.out_channels) >= 128 and min(height, width) >= 32:
-        return 4
-    return 2 if pays(conv.in_channels, conv.out_channels, height, width) else None
+def plain_3x3(conv: nn.Conv2d) -> bool:
+    """A 3x3, stride 1 convolution with zero padding 0 or 1 on each axis: what `conv3x3` computes."""
+    return (conv.kernel_size == (3, 3) and conv.stride == (1, 1) and max(conv.padding) <= 1
+            and not isinstance(conv.padding, str) and conv.dilation == (1, 1) and conv.groups == 1
+            and conv.padding_mode == "zeros")
 
 
 def transform_weight(weight: torch.Tensor, m: int = 2) -> torch.Tensor:

@@ -1,0 +1,87 @@
+"""`speed.tuning`: algorithms chosen by measurement, never a slow one, kept on disk for the next process."""
+
+import json
+import time
+
+import pytest
+import torch
+
+from sumie.speed import kernels, tuning
+
+
+def slowed(run, seconds=0.05):
+    return lambda *a: (time.sleep(seconds), run(*a))[1]
+
+
+@pytest.fixture
+def tuner(tmp_path, monkeypatch):
+    t = tuning.Tuner(tmp_path / "kernels.json")
+    monkeypatch.setattr(tuning, "TUNER", t)
+    return t
+
+
+def conv_once(channels=256, size=16, batch=2):
+    torch.manual_seed(0)
+    conv = kernels.by_shape(torch.nn.Conv2d(channels, channels, 3, padding=1))
+    with torch.no_grad():
+        conv(torch.randn(batch, channels, size, size))
+    return f"eager 3x3 {channels}x{size}x{size}->{channels} pad 1,1"
+
+
+@pytest.mark.parametrize("slow", ["direct", "im2col", "winograd"])
+def test_a_forced_slow_candidate_is_never_chosen(tuner, monkeypatch, slow):
+    """With one algorithm made 50 ms slower than itself, the tuner keeps another; which one it keeps
+    otherwise is the machine's business, so only the slow one is ruled out."""
+    monkeypatch.setitem(kernels.EAGER, slow, slowed(kernels.EAGER[slow]))
+    key = conv_once()
+    assert tuner.choices[key] != slow and len(tuner.timings) == 1
+
+
+def test_the_reference_is_kept_unless_another_is_clearly_faster(tuner, monkeypatch):
+    """Candidates both slowed: oneDNN's direct convolution, the reference, stays."""
+    for name in ("im2col", "winograd"):
+        monkeypatch.setitem(kernels.EAGER, name, slowed(kernels.EAGER[name]))
+    key = conv_once()
+    assert tuner.choices[key] == "direct"
+
+
+def test_choices_are_read_back_by_the_next_process_and_ignore_the_batch(tuner, tmp_path, monkeypatch):
+    """The file holds the choice under this machine's name; a new tuner (a new process) serves it without
+    measuring, for any batch."""
+    key = conv_once()
+    chosen = tuner.choices[key]
+    saved = json.loads((tmp_path / "kernels.json").read_text())
+    assert saved == {tuning.machine(): {key: chosen}}
+    again = tuning.Tuner(tmp_path / "kernels.json")
+    monkeypatch.setattr(tuning, "TUNER", again)
+    monkeypatch.setattr(tuning, "fastest", lambda candidates: pytest.fail("timed again"))
+    conv_once(batch=1), conv_once(batch=3)
+    assert again.choices == {key: chosen} and again.timings == {}
+
+
+def test_sumie_tune_0_takes_the_reference_everywhere(tuner, tmp_path, monkeypatch):
+    """SUMIE_TUNE=0: diffusers' kernel (F.conv2d) even where it is made the slowest, and nothing is written."""
+    monkeypatch.setenv("SUMIE_TUNE", "0")
+    taken = []
+    for name, run in kernels.EAGER.items():
+        monkeypatch.setitem(kernels.EAGER, name, lambda *a, _run=run, _name=name: taken.append(_name) or _run(*a))
+    monkeypatch.setitem(kernels.EAGER, "direct", slowed(kernels.EAGER["direct"]))
+    conv_once()
+    assert taken == ["direct"] and not (tmp_path / "kernels.json").exists()
+
+
+def test_small_calls_are_not_tuned(tuner, monkeypatch):
+    """A call that takes under MIN_SECONDS keeps the reference without timing the others (bounded cost)."""
+    monkeypatch.setitem(kernels.EAGER, "im2col", lambda *a: pytest.fail("timed a small call"))
+    monkeypatch.setitem(kernels.EAGER, "winograd", lambda *a: pytest.fail("timed a small call"))
+    key = conv_once(channels=8, size=4)
+    assert tuner.choices[key] == "direct"
+
+
+def test_an_unwritable_cache_keeps_choices_in_the_process(tmp_path, monkeypatch):
+    blocker = tmp_path / "file"
+    blocker.write_text("")
+    t = tuning.Tuner(blocker / "kernels.json")  # its folder is a file
+    monkeypatch.setattr(tuning, "TUNER", t)
+    key = conv_once()
+    assert key in t.choices and len(t.timings) == 1
