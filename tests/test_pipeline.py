@@ -17,6 +17,8 @@ CASES = [
     ("sd2", "ddim", dict(prompt="v prediction", num_inference_steps=4, height=40, width=56)),
     ("sd2", "heun", dict(prompt="heun", num_inference_steps=3)),
     ("sd2", "unipc", dict(prompt="unipc", negative_prompt="ugly", num_inference_steps=4)),
+    ("sd1", "lcm", dict(prompt="lcm", num_images_per_prompt=2, num_inference_steps=4, guidance_scale=1.5)),
+    ("sd2", "lcm", dict(prompt="lcm v", num_inference_steps=6, guidance_scale=1.0)),
 ]
 
 

@@ -105,7 +105,7 @@ def test_euler_a_karras_is_seeded_and_noisy(tmp_path):
     assert torch.equal(a, b) and not torch.allclose(a, c)
 
 
-@pytest.mark.parametrize("sampler_id", ["euler-a", "ddpm", "dpm++2m-sde"])
+@pytest.mark.parametrize("sampler_id", ["euler-a", "ddpm", "dpm++2m-sde", "lcm"])
 def test_stochastic_noise_variance(tmp_path, sampler_id):
     """With a model that predicts x0 = 0, one step from sigma to sigma' leaves pure injected noise whose
     std must match the sampler's formula; a different seed gives different noise."""
@@ -121,6 +121,8 @@ def test_stochastic_noise_variance(tmp_path, sampler_id):
     sig, sig2 = s.schedule.sigmas[0].item(), s.schedule.sigmas[1].item()
     if sampler_id == "euler-a":
         expected = (sig2 ** 2 * (sig ** 2 - sig2 ** 2) / sig ** 2) ** 0.5
+    elif sampler_id == "lcm":  # x = 0 and x0 = 0 give a consistency output of 0, noised to the next timestep
+        expected = (1 - s.schedule.alphas_cumprod[s.schedule.timesteps[1]].item()) ** 0.5
     elif sampler_id == "ddpm":
         ac, ts = s.schedule.alphas_cumprod, s.schedule.timesteps
         a, ap = ac[ts[0]].item(), ac[ts[1]].item()

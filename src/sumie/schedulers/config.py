@@ -34,6 +34,8 @@ class SchedulerConfig:
     clip_sample_range: float = 1.0
     use_karras_sigmas: bool = False
     solver_type: str = "bh2"
+    original_inference_steps: int = 50  # LCM's distillation grid
+    timestep_scaling: float = 10.0  # LCM's boundary scalings
 
 
 COMMON = ("num_train_timesteps", "beta_start", "beta_end", "beta_schedule", "trained_betas", "prediction_type",

@@ -10,6 +10,7 @@ from ..errors import InputError
 from . import ddim as _ddim
 from . import dpm as _dpm
 from . import euler as _euler
+from . import lcm as _lcm
 from .schedule import sigma_schedule, vp_schedule
 
 
@@ -85,6 +86,12 @@ SAMPLERS: dict[str, Spec] = {
                   "UniPC-2 predictor-corrector, bh2 (Zhao et al. 2023)",
                   tuple(f for f in _DPM_FIELDS if f != "algorithm_type") + ("predict_x0", "disable_corrector"),
                   options=lambda cfg: {"bh": cfg.solver_type}),
+    "lcm": Spec(_lcm.lcm, _lcm.lcm_schedule, "LCM", "LCMScheduler",
+                "latent consistency sampling, for LCM models and LCM-LoRA at 4-8 steps (Luo et al. 2023)",
+                ("original_inference_steps", "timestep_scaling", "clip_sample", "clip_sample_range",
+                 "set_alpha_to_one", "thresholding", "rescale_betas_zero_snr"),
+                dict(timestep_spacing="leading"), karras=False, stochastic=True,
+                options=lambda cfg: {**_clip(cfg), "timestep_scaling": cfg.timestep_scaling}),
 }
 IDS = tuple(SAMPLERS)
 BY_DIFFUSERS_CLASS = {spec.diffusers: i for i, spec in SAMPLERS.items() if i != "dpm++2m-sde"}
