@@ -139,3 +139,16 @@ def full_size_pair(component: str, preset) -> tuple[torch.nn.Module, torch.nn.Mo
                     transformers.CLIPTextModel(transformers.CLIPTextConfig(**config)))
         ours = {"unet": UNet2DConditionModel, "vae": AutoencoderKL}[component](getattr(preset, component))
         return ours, getattr(diffusers, {"unet": "UNet2DConditionModel", "vae": "AutoencoderKL"}[component]).from_config(config)
+
+
+def write_taesd(folder: Path, seed: int = 0):
+    """diffusers' AutoencoderTiny (TAESD's default config) with random weights, the biases made non-zero,
+    saved as a diffusers folder; returns the model."""
+    from diffusers import AutoencoderTiny
+    torch.manual_seed(seed)
+    model = AutoencoderTiny().eval()
+    with torch.no_grad():
+        for p in model.parameters():
+            p.mul_(1.5) if p.dim() > 1 else p.copy_(torch.randn_like(p) * 0.05)
+    model.save_pretrained(folder)
+    return model

@@ -127,3 +127,41 @@ def test_image_to_image_mode_paints_a_mask_and_repaints_only_under_it(browser, t
             == int(out[32, 32, 0]))
     finally:
         server.stop()
+
+
+@pytest.mark.parametrize("taesd", [False, True], ids=["approx-cheap", "taesd"])
+def test_live_preview_by_approx_cheap_or_by_taesd(browser, tmp_path, taesd):
+    """A long job on sumie-tiny at 256x256 (64x64 latents, past what the server decodes with the model's VAE):
+    the page shows A1111's Approx cheap preview at latent size, or with --preview-vae (random weights here)
+    TAESD's decode, 8 pixels per latent."""
+    import base64
+    import io
+
+    import numpy as np
+    from PIL import Image
+    from selenium.webdriver.common.by import By
+
+    extra = []
+    if taesd:
+        from oracle import write_taesd
+        write_taesd(tmp_path / "taesd")
+        extra = ["--preview-vae", tmp_path / "taesd"]
+    server = Server(*extra)
+    try:
+        d = browser
+        d.get(server.url + "/")
+        field = lambda i: d.find_element(By.ID, i)
+        wait(lambda: len(d.find_elements(By.CSS_SELECTOR, "#sampler_name option")) >= 10)
+        for name, value in (("steps", "150"), ("width", "256"), ("height", "256")):
+            field(name).clear()
+            field(name).send_keys(value)
+        field("generate").click()
+        src = wait(lambda: (field("preview").get_attribute("src") or "").split(",", 1)[-1] or None,
+                   why=lambda: field("status").text)
+        preview = np.asarray(Image.open(io.BytesIO(base64.b64decode(src))).convert("RGB"), dtype=int)
+        field("cancel").click()
+        wait(lambda: field("status").text == "cancelled")
+        assert preview.shape == ((512, 512, 3) if taesd else (64, 64, 3))
+        assert preview.std() > 1  # a picture, not a flat colour
+    finally:
+        server.stop()

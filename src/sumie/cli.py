@@ -145,6 +145,11 @@ def cmd_generate(args) -> int:
         settings["model"], torch_dtype=dtype, vae=settings.get("vae"), config=settings.get("config"),
         prediction_type=settings.get("prediction_type"), allow_pickle=args.allow_pickle).to(device)
     pipe.set_progress_bar_config(disable=args.quiet)
+    decoder = {}
+    if "vae_tiny" in settings:  # TAESD decodes (and encodes) in the VAE's place
+        from .weights import load_tiny_vae
+        pipe.vae = load_tiny_vae(settings["vae_tiny"], dtype=dtype, allow_pickle=args.allow_pickle).to(device)
+        decoder = {"VAE Decoder": "TAESD"}  # A1111's field for its TAESD decode
     if args.compile:
         pipe.compile()
     scheduler = settings.get("scheduler", pipe.scheduler.sampler_id)
@@ -201,8 +206,8 @@ def cmd_generate(args) -> int:
                         width=settings.get("width", image.width), height=settings.get("height", image.height),
                         model_hash=hash_, model_name=model_name, clip_skip=settings["clip_skip"],
                         emphasis=settings["emphasis"], prompt_syntax=settings["prompt_syntax"],
-                        extra=job.fields() if job else
-                        fix.fields(settings["width"], settings["height"]) if fix else None,
+                        extra={**decoder, **(job.fields() if job else
+                                             fix.fields(settings["width"], settings["height"]) if fix else {})},
                         lora_hashes=pipe.lora_library.hashes_text(settings["prompt"]) if pipe.lora_library and
                         settings["prompt_syntax"] == "a1111" else None)
         print(_save_numbered(outdir, f"{seed + i}", image, text), flush=True)
@@ -289,7 +294,7 @@ def cmd_serve(args) -> int:
           embeddings=folder_beside(args.embeddings, args.outdir, "embeddings"), allow_pickle=args.allow_pickle,
           lora_dir=folder_beside(args.lora_dir, args.outdir, "loras"), model_dir=args.model_dir,
           styles=args.styles or ("styles.csv" if Path("styles.csv").is_file() else None), vae_dir=args.vae_dir,
-          warn=lambda text: print(text, file=sys.stderr))
+          preview_vae=args.preview_vae, warn=lambda text: print(text, file=sys.stderr))
     return 0
 
 
@@ -328,6 +333,9 @@ def build_parser() -> argparse.ArgumentParser:
     g.add_argument("--model", help="a diffusers folder, a model id in the local Hugging Face cache, a single "
                                     ".safetensors checkpoint, or sumie-tiny (the embedded model, the default)")
     g.add_argument("--vae", help="a separate VAE: a single file or a diffusers vae folder")
+    g.add_argument("--vae-tiny", dest="vae_tiny", metavar="PATH",
+                   help="decode with TAESD, the tiny autoencoder, instead of the VAE: a diffusers AutoencoderTiny "
+                        "folder, or the folder or file of taesd_decoder (and taesd_encoder) weights")
     g.add_argument("--negative-prompt", dest="negative_prompt")
     g.add_argument("--steps", type=_int, help="default 50 (sumie-tiny: 20)")
     g.add_argument("--guidance", type=float,
@@ -404,6 +412,9 @@ def build_parser() -> argparse.ArgumentParser:
 
     sv = sub.add_parser("serve", help="an AUTOMATIC1111-compatible HTTP API and a web page")
     sv.add_argument("--model", help="as for generate (default: sumie-tiny)")
+    sv.add_argument("--preview-vae", dest="preview_vae", metavar="PATH",
+                    help="decode live previews with TAESD (a diffusers AutoencoderTiny folder, or taesd_decoder "
+                         "weights); without it, A1111's Approx cheap colours")
     sv.add_argument("--vae-dir", dest="vae_dir", metavar="DIR",
                     help="VAEs (.safetensors files, diffusers vae folders) that sd_vae may name")
     sv.add_argument("--styles", metavar="CSV", help="A1111's styles.csv (name,prompt,negative_prompt); default: "

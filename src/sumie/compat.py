@@ -14,11 +14,11 @@ from pathlib import Path
 
 import torch
 
-from . import text_encoder as _text, unet as _unet, vae as _vae
+from . import taesd as _taesd, text_encoder as _text, unet as _unet, vae as _vae
 from .pipeline import StableDiffusionImg2ImgPipeline, StableDiffusionInpaintPipeline, StableDiffusionPipeline
 from .schedulers.adapter import Scheduler, SchedulerOutput
 from .tokenizer import CLIPTokenizer as _Tokenizer
-from .weights import load_component_dir
+from .weights import load_component_dir, load_tiny_vae
 
 
 def _load(cls, kind, path, subfolder, torch_dtype=None, variant=None, **_ignored):
@@ -65,6 +65,20 @@ class AutoencoderKL(_vae.AutoencoderKL):
         return DecoderOutput(image) if return_dict else (image,)
 
 
+class AutoencoderTiny(_taesd.TinyAutoencoder):
+    """diffusers' AutoencoderTiny (TAESD): a diffusers folder; for the original files, `weights.load_tiny_vae`."""
+
+    @classmethod
+    def from_pretrained(cls, path, subfolder: str | None = None, torch_dtype=None, **_ignored):
+        model = load_tiny_vae(Path(path) / subfolder if subfolder else Path(path), dtype=torch_dtype)
+        model.__class__ = cls
+        return model
+
+    def decode(self, z, return_dict: bool = True, **_ignored):
+        image = super().decode(z)
+        return DecoderOutput(image) if return_dict else (image,)
+
+
 class CLIPTextModel(_text.CLIPTextModel):
     @classmethod
     def from_pretrained(cls, path, subfolder: str | None = None, **kwargs):
@@ -89,6 +103,7 @@ EulerDiscreteScheduler = _scheduler("EulerDiscreteScheduler", "euler")
 EulerAncestralDiscreteScheduler = _scheduler("EulerAncestralDiscreteScheduler", "euler-a")
 HeunDiscreteScheduler = _scheduler("HeunDiscreteScheduler", "heun")
 UniPCMultistepScheduler = _scheduler("UniPCMultistepScheduler", "unipc")
+LCMScheduler = _scheduler("LCMScheduler", "lcm")
 
 
 class DPMSolverMultistepScheduler(Scheduler):
@@ -101,9 +116,9 @@ class DPMSolverMultistepScheduler(Scheduler):
         super().__init__(sampler_id or ("dpm++2m-sde" if sde else "dpm++2m"), **config)
 
 
-__all__ = ["AutoencoderKL", "CLIPTextModel", "CLIPTokenizer", "DDIMScheduler", "DDPMScheduler",
+__all__ = ["AutoencoderKL", "AutoencoderTiny", "CLIPTextModel", "CLIPTokenizer", "DDIMScheduler", "DDPMScheduler",
            "DPMSolverMultistepScheduler", "EulerAncestralDiscreteScheduler", "EulerDiscreteScheduler",
-           "HeunDiscreteScheduler", "LMSDiscreteScheduler", "PNDMScheduler", "SchedulerOutput",
+           "HeunDiscreteScheduler", "LCMScheduler", "LMSDiscreteScheduler", "PNDMScheduler", "SchedulerOutput",
            "StableDiffusionImg2ImgPipeline", "StableDiffusionInpaintPipeline", "StableDiffusionPipeline",
            "UNet2DConditionModel",
            "UniPCMultistepScheduler"]

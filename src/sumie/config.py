@@ -232,6 +232,45 @@ class VAEConfig:
         return _parse(cls, raw, source, _VAE_FIXED)
 
 
+@dataclass(frozen=True, kw_only=True)
+class TinyVAEConfig:
+    """AutoencoderTiny, TAESD (diffusers' config field names; the defaults are TAESD's for SD 1/2)."""
+
+    in_channels: int = _int(3)
+    out_channels: int = _int(3)
+    latent_channels: int = _int(4)
+    encoder_block_out_channels: tuple = (64, 64, 64, 64)
+    decoder_block_out_channels: tuple = (64, 64, 64, 64)
+    num_encoder_blocks: tuple = (1, 3, 3, 3)
+    num_decoder_blocks: tuple = (3, 3, 3, 1)
+    act_fn: str = "relu"
+    upsample_fn: str = "nearest"
+    upsampling_scaling_factor: int = _int(2)
+    latent_magnitude: int = _int(3)
+    latent_shift: float = 0.5
+    scaling_factor: float = 1.0  # TAESD works on the SD VAE's scaled latents as they are
+    shift_factor: float = 0.0
+    force_upcast: bool = False
+
+    def validate(self, source):
+        if len(self.encoder_block_out_channels) != len(self.num_encoder_blocks) or \
+                len(self.decoder_block_out_channels) != len(self.num_decoder_blocks):
+            raise ConfigError(f"{source}: each block_out_channels needs one entry per num_*_blocks entry")
+        for name, supported in (("act_fn", "relu"), ("upsample_fn", "nearest"), ("shift_factor", 0.0)):
+            if getattr(self, name) != supported:
+                raise ConfigError(f"{source}: {name}={getattr(self, name)!r} is not supported by sumie "
+                                  f"(supported: {supported!r})")
+
+    @property
+    def downscale(self) -> int:
+        """Pixels per latent along each side (8 for SD)."""
+        return self.upsampling_scaling_factor ** (len(self.decoder_block_out_channels) - 1)
+
+    @classmethod
+    def from_dict(cls, raw, source="vae/config.json"):
+        return _parse(cls, raw, source, {})
+
+
 # ---------------------------------------------------------------------------------------------------
 # Named presets: the published architectures, as their diffusers folders' config files describe them.
 # Detection of single files starts from these; tests/test_config.py checks them against the published files.

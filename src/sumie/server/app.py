@@ -14,6 +14,7 @@ from ..errors import SumieError
 from ..lora import Library
 from ..pipeline import StableDiffusionPipeline
 from ..styles import read_styles
+from ..weights import load_tiny_vae
 from .checkpoints import VAEs, Checkpoints, describe
 from .engine import Engine
 from .routes import router
@@ -54,12 +55,14 @@ def serve(model: str, *, host: str = "127.0.0.1", port: int = 7860, outdir: str 
           api_key: str | None = None, api_auth: str | None = None, queue_size: int = 16,
           device: str = "cpu", request_timeout: float = 600.0, embeddings: str | Path | None = None,
           allow_pickle: bool = False, lora_dir: str | Path | None = None, model_dir: str | Path | None = None,
-          styles: str | Path | None = None, vae_dir: str | Path | None = None, warn=print) -> None:
+          styles: str | Path | None = None, vae_dir: str | Path | None = None,
+          preview_vae: str | Path | None = None, warn=print) -> None:
     """`sumie serve`: load `model` (with the textual-inversion embeddings in `embeddings` and the LoRA folder), then
     serve it with uvicorn until stopped. Clients may switch to the other checkpoints of `model_dir`."""
     if host not in LOCAL_HOSTS and not (api_key or api_auth):
         warn(f"sumie: warning: serving on {host} with no --api-key: anyone who can reach this port can use it")
     known_styles = read_styles(styles) if styles is not None else {}  # a bad file fails before the model loads
+    tiny_vae = load_tiny_vae(preview_vae).to(device) if preview_vae is not None else None
 
     def load(path: str) -> StableDiffusionPipeline:
         pipe = StableDiffusionPipeline.from_pretrained(path, allow_pickle=False).to(device)
@@ -77,4 +80,5 @@ def serve(model: str, *, host: str = "127.0.0.1", port: int = 7860, outdir: str 
                      native_size=pipe.unet.config.sample_size * pipe.vae_scale_factor)
     app.state.engine.styles = known_styles
     app.state.engine.vaes = VAEs(vae_dir)
+    app.state.engine.preview_vae = tiny_vae
     uvicorn.run(app, host=host, port=port, log_level="warning")

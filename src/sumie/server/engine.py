@@ -18,10 +18,9 @@ from datetime import datetime
 from pathlib import Path
 from typing import Any, Callable
 
-import torch
 from PIL import Image
 
-from .. import hires, img2img
+from .. import hires, img2img, previews
 from ..images import infotext, save_png_new
 from ..img2img import steps_for
 from .checkpoints import OWN_VAE, VAEs, Checkpoint, Checkpoints
@@ -68,6 +67,7 @@ class Engine:
         self.settings: dict = {}  # what clients posted to /options (see a1111.options)
         self.styles: dict[str, tuple[str, str]] = {}  # A1111's prompt styles (see sumie.styles)
         self.vaes, self.own_vae = VAEs(None), pipe.vae  # sd_vae's choices, and the model's own VAE
+        self.preview_vae = None  # TAESD for live previews (`--preview-vae`)
         self.lock = threading.Lock()
         self.thread = threading.Thread(target=self._work, name="sumie-worker", daemon=True)
         self.thread.start()
@@ -209,20 +209,13 @@ class Engine:
                 "textinfo": None}
 
     def preview_png(self, job: Job) -> str | None:
-        """The current (noisy) latents of the first image as a base64 PNG: through the VAE when they are
-        small (<= 32x32), else the first three latent channels as colours, which costs nothing."""
+        """The current (noisy) latents of the first image as a base64 PNG (`previews.rgb`: TAESD when the
+        server has one, the VAE for small latents, else A1111's Approx cheap factors)."""
         latents = job.preview
         if latents is None:
             return None
-        z = latents[:1].detach().float()  # (1, C, h, w)
-        with torch.no_grad():
-            if z.shape[-1] * z.shape[-2] <= 32 * 32:
-                vae = self.pipe.vae
-                weight = next(vae.parameters())
-                rgb = vae.decode((z / vae.config.scaling_factor).to(weight.device, weight.dtype)).float().cpu()
-            else:
-                rgb = z[:, :3].cpu() / max(1e-6, float(z.abs().max()))
-        arr = ((rgb[0].permute(1, 2, 0).clamp(-1, 1) + 1) * 127.5).round().byte().numpy()  # (H, W, 3)
+        image = previews.rgb(latents[:1].detach(), self.pipe.vae, self.preview_vae)  # (1, 3, H, W)
+        arr = ((image[0].permute(1, 2, 0).clamp(-1, 1) + 1) * 127.5).round().byte().numpy()  # (H, W, 3)
         return to_base64(Image.fromarray(arr))
 
     def interrupt(self) -> None:

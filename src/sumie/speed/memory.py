@@ -8,6 +8,7 @@ import torch
 from torch import nn
 
 from ..layers import Attention
+from ..taesd import TinyAutoencoder
 from ..vae import AutoencoderKL
 from . import bands
 
@@ -62,7 +63,9 @@ class Offload:
 
 def decode(vae: AutoencoderKL, z: torch.Tensor, band_budget: int | None) -> torch.Tensor:
     """vae.decode(z), in bands of rows (`bands.decode`) when a budget is set or the image has at least
-    `bands.BANDS_FROM` pixels: (B, C, h, w) unscaled latents -> (B, 3, h*f, w*f)."""
+    `bands.BANDS_FROM` pixels: (B, C, h, w) unscaled latents -> (B, 3, h*f, w*f). TAESD decodes in one call."""
+    if isinstance(vae, TinyAutoencoder):
+        return TinyAutoencoder.decode(vae, z)  # the plain tensor, also for sumie.compat's subclass
     if band_budget is not None:
         return bands.decode(vae, z, band_budget)
     if z.shape[-2] * z.shape[-1] * vae.config.downscale ** 2 >= bands.BANDS_FROM:

@@ -12,10 +12,10 @@ from .convert import convert, to_single_file_state, write_folder
 from .files import find_weight_files, read_checkpoint, read_safetensors, read_weight_files
 from .hashes import model_hash
 from .load import (Components, build, load_component, load_component_dir, load_folder, load_into, load_model,
-                   load_single_file, load_vae, resolve_folder)
+                   load_single_file, load_tiny_vae, load_vae, resolve_folder)
 from .original import SINGLE_FILE_PREFIX, ours_to_open_clip, to_original
 
 __all__ = ["Components", "SINGLE_FILE_PREFIX", "build", "convert", "find_weight_files", "load_component",
-           "load_component_dir", "load_folder", "load_into", "load_model", "load_single_file", "load_vae", "model_hash",
+           "load_component_dir", "load_folder", "load_into", "load_model", "load_single_file", "load_tiny_vae", "load_vae", "model_hash",
            "ours_to_open_clip", "read_checkpoint", "read_safetensors", "read_weight_files", "resolve_folder",
            "to_original", "to_single_file_state", "write_folder"]

@@ -16,8 +16,9 @@ import torch
 from torch import nn
 
 from .. import tiny
-from ..config import SD15, SD21, SD21_BASE, TextEncoderConfig, UNetConfig, VAEConfig, read_json
+from ..config import SD15, SD21, SD21_BASE, TextEncoderConfig, TinyVAEConfig, UNetConfig, VAEConfig, read_json
 from ..errors import WeightsError
+from ..taesd import TinyAutoencoder
 from ..text_encoder import CLIPTextModel
 from ..tokenizer import CLIPTokenizer
 from ..unet import UNet2DConditionModel
@@ -181,6 +182,39 @@ def load_vae(path: str | Path, *, like: VAEConfig, dtype=None, device="cpu", all
     diffusers_names = any(k.startswith("encoder.down_blocks.") for k in state)
     return build(AutoencoderKL, like, state, source=str(path), dtype=dtype, device=device,
                  original=None if diffusers_names else "vae")
+
+
+def load_tiny_vae(path: str | Path, *, dtype=None, device="cpu", allow_pickle: bool = False) -> TinyAutoencoder:
+    """TAESD (`taesd.TinyAutoencoder`): a diffusers AutoencoderTiny folder (config.json and weights), or the
+    original release's files: a folder holding `taesd_decoder` and `taesd_encoder` weights (any prefix, such
+    as `taesdxl_`), or one of those files. A decoder alone loads without its encoder (it can only decode);
+    which part a file holds is read from its first convolution's shape."""
+    path = Path(path)
+    if path.is_dir() and (path / "config.json").is_file():
+        config = TinyVAEConfig.from_dict(read_json(path / "config.json"), source=str(path / "config.json"))
+        state = read_weight_files(find_weight_files(path, "diffusion_pytorch_model"))
+        return build(TinyAutoencoder, config, state, source=str(path), dtype=dtype, device=device)
+    files = sorted(p for p in path.iterdir() if "_encoder." in p.name or "_decoder." in p.name) \
+        if path.is_dir() else [path]
+    state = {}
+    for file in files:
+        part = read_checkpoint(file, allow_pickle=allow_pickle)
+        if part.get("0.weight") is not None and part["0.weight"].shape[1] == 3:  # conv(3, 64): an encoder
+            state.update({f"encoder.layers.{k}": v for k, v in part.items()})
+        elif part.get("1.weight") is not None:  # index 0 is the decoder's clamp, which has no weights
+            name, rest = zip(*(k.split(".", 1) for k in part))
+            state.update({f"decoder.layers.{int(i) - 1}.{r}": v for i, r, v in zip(name, rest, part.values())})
+        else:
+            raise WeightsError(f"{file} is not a TAESD encoder or decoder: its keys start "
+                               f"{', '.join(list(part)[:3])}; expected 0.weight (encoder) or 1.weight (decoder)")
+    if not any(k.startswith("decoder.") for k in state):
+        raise WeightsError(f"{path} has no TAESD decoder (taesd_decoder.safetensors); sumie needs the decoder")
+    config = TinyVAEConfig(latent_channels=state["decoder.layers.0.weight"].shape[1])
+    with torch.device("meta"):
+        model = TinyAutoencoder(config)
+    if not any(k.startswith("encoder.") for k in state):
+        model.encoder = None  # decode only
+    return load_into(model, state, source=str(path), dtype=dtype, device=device)
 
 
 # ---------------------------------------------------------------------------------------------------
