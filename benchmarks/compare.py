@@ -1,7 +1,7 @@
 """sumie vs diffusers on the full SD 1.5 architecture (random weights), same machine, same run.
 
-    python benchmarks/compare.py [--repeats 3] [--calls 5] [--compile] [--inductor] [--glibc-defaults] [--avx2]
-                                 [--write]
+    python benchmarks/compare.py [--repeats 3] [--calls 5] [--compile] [--inductor] [--bf16] [--glibc-defaults]
+                                 [--avx2] [--sizes 256,512] [--write]
 
 Timings: one sumie variant (eager, compiled, inductor) and diffusers each run in a process of their own,
 and their calls take turns (A B A B ...), `--calls` timed calls each, so the machine's slow drifts hit both
@@ -11,8 +11,9 @@ diffusers process. diffusers runs with the glibc malloc settings that sumie sets
 as a diffusers user gets it. Load time, warm-up and peak RSS: each library alone in its own process,
 `--repeats` processes, medians reported. Ratios are sumie / diffusers. float32, guidance 7.5, 2 threads.
 `--avx2` caps torch's, oneDNN's and MKL's kernels at AVX2 in every process: issue 7's targets name an AVX2
-machine, and this one has AVX-512. `--write` refreshes the "Engine" section of docs/benchmarks.md (with
-`--avx2`, a section of its own). The model is written once into benchmarks/.cache/ by benchmarks/load.py's
+machine, and this one has AVX-512. `--bf16` adds sumie in bfloat16 against diffusers in bfloat16 (both
+`torch_dtype=torch.bfloat16`). `--sizes 256` measures the UNet and VAE at 256² only. `--write` refreshes the
+section of docs/benchmarks.md named after the machine's CPU ("Engine on ... (issue 24)"): one per CPU model. The model is written once into benchmarks/.cache/ by benchmarks/load.py's
 `write_model`.
 """
 
@@ -35,19 +36,22 @@ CHILD = r"""
 import json, resource, sys, time
 import torch
 torch.set_num_threads(2)
-mode, lib, folder = sys.argv[1], sys.argv[2], sys.argv[3]
+mode, lib, folder, sizes = sys.argv[1], sys.argv[2], sys.argv[3], [int(v) for v in sys.argv[4].split(",")]
 import sumie, sumie.compat, diffusers
 from sumie.speed.memory import decode
 out = {}
 
 
+DTYPE = torch.bfloat16 if lib.endswith("-bf16") else torch.float32
+
+
 def build(lib):
     start = time.perf_counter()
     if lib.startswith("sumie"):
-        pipe = sumie.StableDiffusionPipeline.from_pretrained(folder)
+        pipe = sumie.StableDiffusionPipeline.from_pretrained(folder, torch_dtype=DTYPE)
         pipe.scheduler = sumie.compat.EulerDiscreteScheduler.from_config(pipe.scheduler.config)
     else:
-        pipe = diffusers.StableDiffusionPipeline.from_pretrained(folder, safety_checker=None)
+        pipe = diffusers.StableDiffusionPipeline.from_pretrained(folder, safety_checker=None, torch_dtype=DTYPE)
         pipe.scheduler = diffusers.EulerDiscreteScheduler.from_config(pipe.scheduler.config)
     out.setdefault("load", time.perf_counter() - start)
     pipe.set_progress_bar_config(disable=True)
@@ -66,8 +70,9 @@ def measures(lib, pipe):
     ctx = pipe.text_encoder(ids)[0]
     t = torch.tensor(500)
     calls = {"text encoding": lambda: pipe.text_encoder(ids)}
-    for size in (256, 512):
-        x, z = torch.randn(2, 4, size // 8, size // 8), torch.randn(1, 4, size // 8, size // 8)
+    ctx = ctx.to(DTYPE)
+    for size in sizes:
+        x, z = (torch.randn(b, 4, size // 8, size // 8, dtype=DTYPE) for b in (2, 1))
         if lib != "sumie-inductor" or size == 256:  # inductor compiles per shape: 256² only
             calls[f"UNet step, batch 2, {size}²"] = lambda x=x: unet(x, t, encoder_hidden_states=ctx)
         if lib != "sumie-inductor":
@@ -90,7 +95,7 @@ with torch.no_grad():
         pipe = build(lib)
         for name, fn in measures(lib, pipe).items():
             first = seconds(fn)
-            if name == "UNet step, batch 2, 256²" and lib in ("sumie-compiled", "sumie-inductor"):
+            if name == "UNet step, batch 2, 256²":  # sumie: kernel choices read from the cache (not the first process)
                 out["warm-up (first UNet call)"] = first
         out["peak RSS (GiB)"] = next(int(l.split()[1]) for l in open("/proc/self/status")
                                      if l.startswith("VmHWM:")) / 2**20
@@ -111,6 +116,9 @@ print(json.dumps(out))
 AVX2 = {"ATEN_CPU_CAPABILITY": "avx2", "ONEDNN_MAX_CPU_ISA": "AVX2", "MKL_ENABLE_INSTRUCTIONS": "AVX2"}
 
 
+SIZES = "256,512"  # --sizes, passed to every child
+
+
 def env(lib: str, glibc_defaults: bool) -> dict:
     """diffusers runs with sumie's malloc settings (sumie.speed.allocator) unless `glibc_defaults`."""
     if lib == "diffusers" and not glibc_defaults:
@@ -119,7 +127,7 @@ def env(lib: str, glibc_defaults: bool) -> dict:
 
 
 def run(mode: str, lib: str, folder, glibc_defaults: bool) -> dict:
-    done = subprocess.run([sys.executable, "-c", CHILD, mode, lib, str(folder)], capture_output=True,
+    done = subprocess.run([sys.executable, "-c", CHILD, mode, lib, str(folder), SIZES], capture_output=True,
                           text=True, env=env(lib, glibc_defaults))
     if done.returncode:
         sys.exit(f"{mode} {lib} run failed:\n{done.stderr[-3000:]}")
@@ -132,7 +140,7 @@ def lockstep(procs: dict[str, tuple[str, dict]], folder, calls: int, only=None) 
     `calls` timed calls taking turns (A B A B ...)."""
     running, names = {}, {}
     for label, (lib, environment) in procs.items():
-        running[label] = subprocess.Popen([sys.executable, "-c", CHILD, "serve", lib, str(folder)], text=True,
+        running[label] = subprocess.Popen([sys.executable, "-c", CHILD, "serve", lib, str(folder), SIZES], text=True,
                                           stdin=subprocess.PIPE, stdout=subprocess.PIPE, env=environment)
         line = running[label].stdout.readline()
         if not line:
@@ -160,26 +168,32 @@ def main() -> None:
     ap.add_argument("--calls", type=int, default=5, help="timed calls per library and measure")
     ap.add_argument("--compile", action="store_true", help="also measure sumie's fast path (pipe.compile())")
     ap.add_argument("--inductor", action="store_true", help="also measure pipe.compile(backend='inductor')")
+    ap.add_argument("--bf16", action="store_true", help="also measure sumie against diffusers, both in bfloat16")
     ap.add_argument("--glibc-defaults", action="store_true",
                     help="run diffusers with glibc's malloc as it comes, not with sumie's settings (sumie.speed.allocator)")
     ap.add_argument("--avx2", action="store_true",
                     help="cap every process's vector instructions at AVX2; --write then refreshes its own section")
+    ap.add_argument("--sizes", default="256,512", help="image sizes of the UNet and VAE measures (default 256,512)")
     ap.add_argument("--write", action="store_true", help="refresh docs/benchmarks.md")
     args = ap.parse_args()
+    global SIZES
+    SIZES = args.sizes
     from doc import machine, write_section
     cpu = machine() + (", capped at AVX2 (--avx2)" if args.avx2 else "")  # before the cap: what the CPU has
     if args.avx2:
         os.environ.update(AVX2)  # the children inherit it
     from load import write_model
     folder, _ = write_model()
-    mine = ["sumie"] + (["sumie-compiled"] if args.compile else []) + (["sumie-inductor"] if args.inductor else [])
+    mine = ["sumie"] + (["sumie-compiled"] if args.compile else []) + (["sumie-inductor"] if args.inductor else []) \
+        + (["sumie-bf16"] if args.bf16 else [])
     # each sumie variant takes turns with a diffusers process of its own: all of them at once would need
     # more than this 24 GiB machine has, and the kernel would drop and re-read sumie's memory-mapped weights
+    partner = lambda lib: "diffusers-bf16" if lib == "sumie-bf16" else "diffusers"  # the diffusers it runs against
     pairs = {lib: lockstep({lib: (lib, env(lib, args.glibc_defaults)),
-                            "diffusers": ("diffusers", env("diffusers", args.glibc_defaults))}, folder, args.calls)
+                            "diffusers": (partner(lib), env("diffusers", args.glibc_defaults))}, folder, args.calls)
              for lib in mine}
     paired = {lib: {k: [v[lib][0], v["diffusers"][0]] for k, v in pairs[lib].items() if lib in v} for lib in mine}
-    alone = {lib: [] for lib in mine + ["diffusers"]}
+    alone = {lib: [] for lib in mine + ["diffusers"] + (["diffusers-bf16"] if args.bf16 else [])}
     for _ in range(args.repeats):
         for lib in alone:
             alone[lib].append(run("alone", lib, folder, args.glibc_defaults))
@@ -187,8 +201,9 @@ def main() -> None:
     import torch
     command = "python benchmarks/compare.py " + " ".join(a for a in sys.argv[1:] if a != "--write")
     names = {"sumie": "sumie", "sumie-compiled": "sumie compile() (packed)",
-             "sumie-inductor": "sumie compile(backend='inductor')"}
-    lines = [f"- Machine: {cpu}, 2 threads; torch {torch.__version__}; float32",
+             "sumie-inductor": "sumie compile(backend='inductor')", "sumie-bf16": "sumie bfloat16 (vs diffusers bfloat16)"}
+    lines = [f"- Machine: {cpu}, 2 threads; torch {torch.__version__}; float32"
+             + (" (bfloat16 where named)" if args.bf16 else ""),
              f"- Command: `{command.strip()}`. Timings: diffusers and one sumie variant each in a process of its "
              f"own, their calls taking turns, median of {args.calls} calls each after one untimed call; a "
              f"diffusers process per variant. diffusers' malloc: "
@@ -204,7 +219,7 @@ def main() -> None:
         row = f"| {key} | " + (f"{base:.2f}{unit} |" if base is not None else " |")
         for lib in mine:
             pair = paired[lib].get(key)
-            a, b = (pair if pair else (med[lib].get(key), base))
+            a, b = (pair if pair else (med[lib].get(key), med[partner(lib)].get(key, base)))
             against = f" (diffusers {b:.2f}{unit})" if pair and lib != mine[0] else ""  # its own diffusers process
             row += (" | |" if a is None else f" {a:.2f}{unit}{against} | **{a / b:.2f}** |" if b
                     else f" {a:.2f}{unit} | |")
@@ -222,7 +237,7 @@ def main() -> None:
                  "same folder. Timings exclude warm-up except where named. Every ratio is against diffusers' "
                  "eager time measured in the same run, calls taking turns between the two processes, so that "
                  "the machine's slow drifts (±15% or more) hit both.\n\n")
-        write_section("## Engine, capped at AVX2 (issue 7)" if args.avx2 else "## Engine (issue 7)", intro + table)
+        write_section(f"## Engine on {cpu} (issue 24)", intro + table)
 
 
 if __name__ == "__main__":

@@ -1,6 +1,5 @@
 """Refresh one `## ` section of docs/benchmarks.md (appended when missing); name the machine."""
 
-import platform
 from pathlib import Path
 
 DOC = Path(__file__).resolve().parent.parent / "docs" / "benchmarks.md"
@@ -31,9 +30,5 @@ def machine() -> str:
     """The CPU's model name and the widest vector instructions torch's kernels use on it (AVX2, AVX512, ...)."""
     import torch
 
-    name = platform.machine()
-    try:
-        name = next(line.split(":", 1)[1].strip() for line in open("/proc/cpuinfo") if line.startswith("model name"))
-    except (OSError, StopIteration):
-        pass
-    return f"{name} ({torch.backends.cpu.get_cpu_capability()})"
+    from sumie.speed.tuning import cpu_model
+    return f"{cpu_model()} ({torch.backends.cpu.get_cpu_capability()})"
