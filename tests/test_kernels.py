@@ -30,10 +30,11 @@ def test_each_eager_algorithm_equals_the_direct_convolution(force, monkeypatch, 
 
 @pytest.mark.parametrize("padding", [(0, 1), (1, 0), (0, 0)])
 def test_eager_convolution_with_other_paddings(padding):
-    """VAE bands convolve with no vertical padding (their rows carry it): each algorithm, padding 0 or 1."""
+    """VAE bands convolve with no vertical padding (their rows carry it): each algorithm, padding 0 or 1,
+    with a channels-last weight (a layout `.to(memory_format=...)` gives a model)."""
     from sumie.speed import kernels
     torch.manual_seed(0)
-    w, b = torch.randn(256, 256, 3, 3) * 0.05, torch.randn(256)
+    w, b = (torch.randn(256, 256, 3, 3) * 0.05).contiguous(memory_format=torch.channels_last), torch.randn(256)
     x = torch.randn(1, 256, 11, 10)
     exact = torch.nn.functional.conv2d(x.double(), w.double(), b.double(), padding=padding)  # values up to ~5
     with torch.no_grad():
