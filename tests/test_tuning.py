@@ -70,12 +70,11 @@ def test_sumie_tune_0_takes_the_reference_everywhere(tuner, tmp_path, monkeypatc
     assert taken == ["direct"] and not (tmp_path / "kernels.json").exists()
 
 
-def test_small_calls_are_not_tuned(tuner, monkeypatch):
-    """A call that takes under MIN_SECONDS keeps the reference without timing the others (bounded cost)."""
-    monkeypatch.setitem(kernels.EAGER, "im2col", lambda *a: pytest.fail("timed a small call"))
-    monkeypatch.setitem(kernels.EAGER, "winograd", lambda *a: pytest.fail("timed a small call"))
-    key = conv_once(channels=8, size=4)
-    assert tuner.choices[key] == "direct"
+def test_small_calls_are_not_tuned():
+    """A reference that takes under MIN_SECONDS is kept without timing the others (bounded cost). (A real
+    small convolution is no test of this: oneDNN took 24 ms for an 8-channel 4x4 one on an AMD EPYC.)"""
+    name, took = tuning.fastest({"reference": lambda: None, "other": lambda: pytest.fail("timed a small call")})
+    assert name == "reference" and list(took) == ["reference"]
 
 
 def test_an_unwritable_cache_keeps_choices_in_the_process(tmp_path, monkeypatch):
