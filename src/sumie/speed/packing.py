@@ -8,14 +8,15 @@ it sees) and keep the converted copy. A 3x3 stride-1 convolution instead keeps t
 needs, the algorithm measured fastest for its shape on this machine (`tuning`, as in `kernels`), among
 PACKED: oneDNN's packed weight, im2col on the weight as stored (no copy), Winograd F(2x2, 3x3) or
 F(4x4, 3x3) on the transformed weight (16/9 or 4x the weight's size; F(4x4, 3x3) only where that copy is
-small beside the layer's activations, `_fits`). The numbers are the same within the
-parity tests' tolerance; the process holds a second copy of most weights, which is why this is an option
-and not the default. Its speed and memory: docs/benchmarks.md.
+small beside the layer's activations, `_fits`). The numbers are the same within the parity tests'
+tolerance; the process holds a second copy of most weights, which is why this is an option and not the
+default. Its speed and memory: docs/benchmarks.md.
 
 Each layer keeps one copy, remade when the weight changes (in-place edits bump its version), when the
 algorithm changes, or, for oneDNN's, when the input shape changes; a Linear's serves every number of rows.
-The VAE's bands (`bands.conv_rows`) run every band of a layer by the algorithm tuned for its first band. Anything but float32 CPU inference (training, CUDA, half precision, torch.compile
-tracing) takes the layer's ordinary forward.
+The VAE's bands (`bands.conv_rows`) run every band of a layer by the algorithm tuned for its first band.
+Anything but float32 CPU inference (training, CUDA, half precision, torch.compile tracing) takes the
+layer's ordinary forward.
 """
 
 from __future__ import annotations
@@ -59,14 +60,15 @@ def _kept(module: nn.Module, name: str, shape_key, make) -> torch.Tensor:
     return kept[1]
 
 
-def _fits(name: str, x: torch.Tensor, out_channels: int) -> bool:
+def _fits(name: str, x: torch.Tensor) -> bool:
     """Whether PACKED algorithm `name` is a candidate for x (B, C, H, W): im2col where its columns fit, and
     F(4x4, 3x3) where its transformed weight (36 C O values) is at most WINOGRAD4_MAX_GROWTH times the
-    layer's output for one image, so that its copy stays small beside the activations (memory, not speed)."""
+    layer's output for one image (O H W values), so that its copy stays small beside the activations
+    (memory, not speed): 36 C <= WINOGRAD4_MAX_GROWTH H W."""
     if name == "im2col":
         return im2col_fits(x)
     if name == "winograd4":
-        return 36 * x.shape[1] * out_channels <= WINOGRAD4_MAX_GROWTH * out_channels * x.shape[-2] * x.shape[-1]
+        return 36 * x.shape[1] <= WINOGRAD4_MAX_GROWTH * x.shape[-2] * x.shape[-1]
     return True
 
 
@@ -76,7 +78,7 @@ def algorithm(conv: nn.Conv2d, x: torch.Tensor, padding: tuple[int, int]) -> str
     weight, bias, one = conv.weight, conv.bias, tuning.sample(x)
     return tuning.choose(key("packed", x, conv.out_channels, padding), tuple(PACKED), lambda: {
         name: functools.partial(run, one, make(weight, one.shape, padding), bias, padding)
-        for name, (make, run) in PACKED.items() if _fits(name, x, conv.out_channels)})
+        for name, (make, run) in PACKED.items() if _fits(name, x)})
 
 
 def conv3x3(conv: nn.Conv2d, x: torch.Tensor, padding: tuple[int, int], name: str | None = None) -> torch.Tensor:
