@@ -117,6 +117,9 @@ class Tuner:
         name, is made only when the key has no choice among them yet."""
         if not enabled():
             return names[0]
+        known = (self.choices or {}).get(key)  # every call of every step: no lock once the choice is made
+        if known in names:
+            return known
         with self._lock:
             if self.choices is None:
                 self.choices = self._read().get(machine(), {})
