@@ -10,6 +10,10 @@ import torch
 sys.path.insert(0, str(Path(__file__).parent))
 torch.set_num_threads(2)
 os.environ["SUMIE_CACHE_DIR"] = tempfile.mkdtemp(prefix="sumie-cache-")  # kernel choices: never the user's
+# Kernel tuning off (oneDNN everywhere) unless a test turns it on: timing every new shape of every small
+# model cost minutes on a slow CPU. The candidates are tested equal in test_kernels/test_packing (`force`),
+# the tuner in test_tuning.
+os.environ.setdefault("SUMIE_TUNE", "0")
 
 
 from oracle import write_model_folder  # noqa: E402

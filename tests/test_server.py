@@ -140,13 +140,35 @@ def test_png_info_of_a_decompression_bomb(server):
 
 
 def _long_job(server, results, steps=150, **extra):
-    results.append(post(server, "/sdapi/v1/txt2img", {"prompt": "x", "steps": steps, "width": 256, "height": 256,
-                                                      "sampler_name": "Euler", **extra}))
+    """150 steps at 64x64: long enough to act on while it runs (about 0.25 s a step on a 2-core AMD EPYC),
+    short steps so that an interrupt lands soon."""
+    body = {"prompt": "x", "steps": steps, "width": 64, "height": 64, "sampler_name": "Euler", **extra}
+    results.append(httpx.post(server.url + "/sdapi/v1/txt2img", json=body, timeout=300))
+
+
+def _progress(server, preview=False):
+    """/progress, without the preview image unless asked (decoding one costs a VAE call per poll)."""
+    return httpx.get(server.url + "/sdapi/v1/progress", params={"skip_current_image": not preview}).json()
+
+
+def _idle(server, seconds=300):
+    """Wait until no job runs or waits (a slow CPU may still be finishing the last test's)."""
+    for _ in range(int(seconds / 0.1)):
+        if _progress(server)["state"]["job_count"] == 0:
+            return
+        time.sleep(0.1)
+    raise AssertionError(f"the queue was still busy after {seconds} s")
+
+
+def _join(*threads, seconds=300):
+    for t in threads:
+        t.join(seconds)
+        assert not t.is_alive(), f"a request still ran after {seconds} s"
 
 
 def _wait_running(server):
     for _ in range(600):
-        p = httpx.get(server.url + "/sdapi/v1/progress").json()
+        p = _progress(server)
         if p["state"]["sampling_step"] > 0:
             return p
         time.sleep(0.05)
@@ -156,21 +178,22 @@ def _wait_running(server):
 def test_progress_interrupt_and_full_queue(server):
     results = []
     running = threading.Thread(target=_long_job, args=(server, results))
+    _idle(server)
     running.start()
-    p = _wait_running(server)
+    _wait_running(server)
+    p = _progress(server, preview=True)
     assert 0 < p["progress"] < 1 and p["state"]["sampling_steps"] == 150 and p["state"]["job_count"] == 1
     assert Image.open(io.BytesIO(base64.b64decode(p["current_image"]))).size[0] > 0
     waiting = threading.Thread(target=_long_job, args=(server, results, 2))
     waiting.start()
-    for _ in range(100):  # the one queue slot fills
-        if httpx.get(server.url + "/sdapi/v1/progress").json()["state"]["job_count"] == 2:
+    for _ in range(600):  # the one queue slot fills
+        if _progress(server)["state"]["job_count"] == 2:
             break
         time.sleep(0.05)
     full = post(server, "/sdapi/v1/txt2img", {"prompt": "x", "steps": 1, "width": 32, "height": 32})
     assert full.status_code == 429 and int(full.headers["Retry-After"]) >= 1
     assert post(server, "/sdapi/v1/interrupt", {}).status_code == 200
-    running.join(60)
-    waiting.join(60)
+    _join(running, waiting)
     first = next(r for r in results if json.loads(r.json()["info"])["steps"] == 150)
     assert first.status_code == 200 and json.loads(first.json()["info"])["interrupted"] is True
     assert len(first.json()["images"]) == 1
@@ -179,6 +202,7 @@ def test_progress_interrupt_and_full_queue(server):
 def test_client_that_leaves_the_queue_loses_its_job(server):
     results = []
     running = threading.Thread(target=_long_job, args=(server, results))
+    _idle(server)
     running.start()
     _wait_running(server)
     with pytest.raises(httpx.ReadTimeout):  # queued, then gone
@@ -186,9 +210,9 @@ def test_client_that_leaves_the_queue_loses_its_job(server):
                                                           "save_images": True}, timeout=0.5)
     time.sleep(0.5)
     post(server, "/sdapi/v1/interrupt", {})
-    running.join(60)
+    _join(running)
     time.sleep(0.5)
-    assert httpx.get(server.url + "/sdapi/v1/progress").json()["state"]["job_count"] == 0
+    assert _progress(server)["state"]["job_count"] == 0
     saved = [p for p in Path(server.outdir).rglob("*.png")]
     assert not any("left" in Image.open(p).info.get("parameters", "").split("\n")[0] for p in saved)
 

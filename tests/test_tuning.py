@@ -13,6 +13,11 @@ def slowed(run, seconds=0.05):
     return lambda *a: (time.sleep(seconds), run(*a))[1]
 
 
+@pytest.fixture(autouse=True)
+def tuning_on(monkeypatch):
+    monkeypatch.setenv("SUMIE_TUNE", "1")  # conftest turns it off for the other tests
+
+
 @pytest.fixture
 def tuner(tmp_path, monkeypatch):
     t = tuning.Tuner(tmp_path / "kernels.json")
