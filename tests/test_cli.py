@@ -1,4 +1,5 @@
-"""The `sumie` CLI through a real subprocess: files, metadata, --params-from, errors, Ctrl-C."""
+"""The `sumie` CLI through a real subprocess (later calls of a test in process): files, metadata, --params-from,
+errors, Ctrl-C."""
 
 import os
 import signal
@@ -8,6 +9,7 @@ import time
 
 import numpy as np
 import pytest
+from cli_util import cli_in_process
 from PIL import Image
 
 from sumie.images import parse_parameters, read_parameters
@@ -16,6 +18,11 @@ from sumie.images import parse_parameters, read_parameters
 def sumie(*args, cwd=None):
     return subprocess.run([sys.executable, "-m", "sumie.cli", *map(str, args)], capture_output=True, text=True,
                           cwd=cwd, timeout=300)
+
+
+def sumie_here(*args):
+    """As `sumie`, by sumie.cli.main in this process (no interpreter start); for the calls after a test's first."""
+    return subprocess.CompletedProcess(args, *cli_in_process(*args))
 
 
 def test_generate_files_metadata_and_params_from(sd1_folder, tmp_path):
@@ -65,10 +72,10 @@ def test_clip_skip_and_prompt_syntax_are_written_and_read_back(sd1_folder, tmp_p
     for path, syntax, skip in ((skipped, "a1111", 1), (plain, "plain", None)):
         expected = pipe(prompt, prompt_syntax=syntax, clip_skip=skip, **kw).images[0]
         assert np.array_equal(np.asarray(Image.open(path)), np.asarray(expected)), syntax
-        again = sumie("generate", "--params-from", path, "--model", sd1_folder, "--outdir", out, "--quiet")
+        again = sumie_here("generate", "--params-from", path, "--model", sd1_folder, "--outdir", out, "--quiet")
         assert np.array_equal(np.asarray(Image.open(again.stdout.strip())), np.asarray(Image.open(path))), syntax
     assert not np.array_equal(np.asarray(Image.open(skipped)), np.asarray(Image.open(plain)))
-    r = sumie("generate", prompt, "--clip-skip", 0, *common)
+    r = sumie_here("generate", prompt, "--clip-skip", 0, *common)
     assert r.returncode == 2 and "--clip-skip must be from 1" in r.stderr
 
 
@@ -113,7 +120,7 @@ def test_info_without_parameters(tmp_path):
 def test_ctrl_c_keeps_finished_files_and_leaves_no_partial(sd1_folder, tmp_path):
     out = tmp_path / "out"
     proc = subprocess.Popen([sys.executable, "-m", "sumie.cli", "generate", "x", "--model", str(sd1_folder),
-                             "--steps", "400", "--height", "64", "--width", "64", "--n", "5", "--seed", "1",
+                             "--steps", "40", "--height", "64", "--width", "64", "--n", "5", "--seed", "1",
                              "--outdir", str(out), "--quiet"], stdout=subprocess.PIPE, stderr=subprocess.PIPE,
                             text=True, preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL))
     # ^ a shell starts background jobs with SIGINT ignored, and the child would inherit that
@@ -178,9 +185,9 @@ def test_img2img_and_inpainting_from_the_cli(sd1_folder, tmp_path):
     for args, needle in ((["--init-image", tmp_path / "missing.png"], "no such file"),
                          (["--init-image", init, "--strength", 1.5], "from 0 to 1"),
                          (["--mask", mask], "--mask needs --init-image")):
-        r = sumie("generate", "x", *args, *common)
+        r = sumie_here("generate", "x", *args, *common)
         assert r.returncode == 2 and needle in r.stderr and len(r.stderr.strip().splitlines()) == 1, r.stderr
     (tmp_path / "bad.png").write_bytes(b"not an image")
-    r = sumie("generate", "x", "--init-image", tmp_path / "bad.png", *common)
+    r = sumie_here("generate", "x", "--init-image", tmp_path / "bad.png", *common)
     assert r.returncode == 2 and "not a readable image" in r.stderr
     assert sorted(p.name for p in out.iterdir()) == before
