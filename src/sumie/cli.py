@@ -2,6 +2,7 @@
 
 User errors (SumieError) print one line to stderr and exit with code 2; no traceback. Ctrl-C exits
 with 130, keeping the images already written (each is written atomically, so none is left partial).
+`sumie batch` exits with 1 when some of its jobs failed (each is in its manifest), and with 143 on SIGTERM.
 """
 
 from __future__ import annotations
@@ -15,9 +16,7 @@ import warnings
 from pathlib import Path
 
 from .errors import InputError, SumieError
-
-DTYPES = {"float32": "float32", "fp32": "float32", "float16": "float16", "fp16": "float16",
-          "bfloat16": "bfloat16", "bf16": "bfloat16"}
+from .generate import DTYPES, device_and_dtype, folder_beside
 
 
 class _Parser(argparse.ArgumentParser):
@@ -39,177 +38,26 @@ def cmd_info(args) -> int:
     return 0
 
 
-def settings_from_image(path: str) -> dict:
-    """`generate` options recorded in an image's A1111 parameters."""
-    from .images import parse_parameters, read_parameters
-    from .schedulers import from_a1111
-    p = parse_parameters(read_parameters(path))
-    out = {"prompt": p["Prompt"], "negative_prompt": p["Negative prompt"]}
-    try:
-        if "Steps" in p:
-            out["steps"] = int(p["Steps"])
-        if "CFG scale" in p:
-            out["guidance"] = float(p["CFG scale"])
-        if "Seed" in p:
-            out["seed"] = int(p["Seed"])
-        if "Size" in p:
-            out["width"], out["height"] = (int(v) for v in p["Size"].split("x"))
-        if "Clip skip" in p:
-            out["clip_skip"] = int(p["Clip skip"])
-    except ValueError:
-        raise InputError(f"{path}: cannot read the stored parameters ({p})") from None
-    if "Sampler" in p:
-        out["scheduler"], karras = from_a1111(p["Sampler"])
-        out["karras"] = karras or p.get("Schedule type", "").lower() == "karras"
-    out.update(img2img_settings(p, path))
-    out["prompt_syntax"] = "plain" if p.get("Prompt syntax", "").lower() == "plain" else "a1111"
-    out["emphasis"] = "none" if p.get("Emphasis", "").lower() == "none" else "original"
-    return out
-
-
-def img2img_settings(p: dict[str, str], path: str) -> dict:
-    """The img2img (used only with --init-image) and hires-fix options in an image's A1111 parameters."""
-    from .img2img import MASKED_CONTENT, RESIZE_NAMES
-    out = {}
-    try:
-        if "Hires upscale" in p or "Hires upscaler" in p:  # a hires-fixed image: its strength is the second pass's
-            out["hires_scale"] = float(p.get("Hires upscale", 2))
-            out["hires_steps"] = int(p.get("Hires steps", 0))
-            out["hires_upscaler"] = p.get("Hires upscaler", "Latent")
-            out["hires_strength"] = float(p.get("Denoising strength", 0.7))
-        elif "Denoising strength" in p:
-            out["strength"] = float(p["Denoising strength"])
-        if "Mask blur" in p:
-            out["mask_blur"] = int(p["Mask blur"])
-        if "Masked area padding" in p:
-            out["padding"] = int(p["Masked area padding"])
-    except ValueError:
-        raise InputError(f"{path}: cannot read the stored img2img parameters ({p})") from None
-    if p.get("Masked content", "").replace(" ", "-") in MASKED_CONTENT:
-        out["inpaint_fill"] = p["Masked content"].replace(" ", "-")
-    if p.get("Inpaint area") == "Only masked":
-        out["only_masked"] = True
-    if p.get("Mask mode") == "Inpaint not masked":
-        out["invert_mask"] = True
-    if p.get("Resize mode") in RESIZE_NAMES:
-        out["resize_mode"] = RESIZE_NAMES[p["Resize mode"]]
-    return out
-
-
-def _device_and_dtype(device: str, dtype: str):
-    import torch
-    try:
-        dev = torch.device(device)
-    except RuntimeError:
-        raise InputError(f"--device {device!r} is not a device; use cpu, cuda, cuda:1 or mps") from None
-    if dev.type == "cuda" and not torch.cuda.is_available():
-        raise InputError("--device cuda: no CUDA GPU is available here; use --device cpu")
-    if dev.type == "mps" and not torch.backends.mps.is_available():
-        raise InputError("--device mps: MPS is not available here; use --device cpu")
-    return dev, getattr(torch, DTYPES[dtype])
-
-
 def next_index(outdir: Path) -> int:
     numbers = [int(m.group(1)) for p in outdir.iterdir() if (m := re.match(r"(\d{5})-", p.name))]
     return max(numbers, default=-1) + 1
 
 
 def cmd_generate(args) -> int:
-    from . import tiny
-    from .images import image_grid, infotext, load_image
-    from .hires import Hires
-    from .hires import run as hires_run
-    from .img2img import MASKED_CONTENT, RESIZE_MODES, Img2Img, run
-    from .lora import Library
-    from .pipeline import StableDiffusionPipeline
-    from .schedulers import spec_for
-    from .weights import model_hash
-
-    given = {k: v for k, v in vars(args).items() if v is not None}
-    from_image = settings_from_image(args.params_from) if args.params_from else {}
-    embedded = given.get("model", tiny.NAME) == tiny.NAME
-    settings = {"negative_prompt": "", "steps": tiny.STEPS if embedded else 50,
-                "guidance": tiny.GUIDANCE if embedded else 7.5, "karras": False, "n": 1, "model": tiny.NAME,
-                "prompt_syntax": "a1111", "clip_skip": 1, "emphasis": "original", **from_image, **given}
-    if "prompt" not in settings:
-        raise InputError("give a prompt: sumie generate \"a red circle on a blue background\"")
-    if not 1 <= settings["n"] <= 64:
-        raise InputError(f"--n must be from 1 to 64 (got {settings['n']})")
-    if not 0 <= settings.get("seed", 0) < 2 ** 63:
-        raise InputError(f"--seed must be from 0 to 2**63-1 (got {settings['seed']})")
-    if not 1 <= settings["clip_skip"] <= 12:
-        raise InputError(f"--clip-skip must be from 1 (the last layer) to 12 (got {settings['clip_skip']})")
-    device, dtype = _device_and_dtype(settings.get("device", "cpu"), settings.get("dtype", "float32"))
+    from . import generate
+    from .images import image_grid
+    _threads(args.threads)
+    given = {k: v for k, v in vars(args).items() if v is not None and k != "threads"}
+    from_image = generate.settings_from_image(args.params_from) if args.params_from else {}
+    settings = generate.resolve({**from_image, **given})
     seed = settings.get("seed", secrets.randbelow(2 ** 32))
-    pipe = StableDiffusionPipeline.from_pretrained(
-        settings["model"], torch_dtype=dtype, vae=settings.get("vae"), config=settings.get("config"),
-        prediction_type=settings.get("prediction_type"), allow_pickle=args.allow_pickle).to(device)
-    pipe.set_progress_bar_config(disable=args.quiet)
-    decoder = {}
-    if "vae_tiny" in settings:  # TAESD decodes (and encodes) in the VAE's place
-        from .weights import load_tiny_vae
-        pipe.vae = load_tiny_vae(settings["vae_tiny"], dtype=dtype, allow_pickle=args.allow_pickle).to(device)
-        decoder = {"VAE Decoder": "TAESD"}  # A1111's field for its TAESD decode
-    if args.compile:
-        pipe.compile()
-    scheduler = settings.get("scheduler", pipe.scheduler.sampler_id)
-    spec_for(scheduler)
     outdir = Path(settings.get("outdir", "outputs"))
-    folder = folder_beside(settings.get("embeddings"), outdir, "embeddings")
-    if folder is not None:
-        pipe.embeddings.load_dir(folder, allow_pickle=args.allow_pickle)
-    folder = folder_beside(settings.get("lora_dir"), outdir, "loras")
-    if folder is not None:
-        pipe.lora_library = Library(folder, allow_pickle=args.allow_pickle)
+    model = generate.load(settings, outdir=outdir, allow_pickle=args.allow_pickle, quiet=args.quiet)
+    job = generate.prepare(model, settings)
     outdir.mkdir(parents=True, exist_ok=True)
-    model_name, hash_ = tiny.NAME if embedded else Path(pipe.source).name, model_hash(pipe.source)
-    job = init = fix = None
-    native = pipe.unet.config.sample_size * pipe.vae_scale_factor
-    if "hires_scale" in settings and "init_image" not in settings:
-        fix = Hires(scale=settings["hires_scale"], steps=settings.get("hires_steps", 0),
-                    strength=settings.get("hires_strength", 0.7), upscaler=settings.get("hires_upscaler", "Latent"))
-        fix.check()
-        settings.setdefault("width", native)
-        settings.setdefault("height", native)
-        fix.size(settings["width"], settings["height"])
-    if "init_image" in settings:
-        init = load_image(settings["init_image"], f"--init-image {settings['init_image']}").convert("RGB")
-        mask = load_image(settings["mask"], f"--mask {settings['mask']}") if "mask" in settings else None
-        blur = settings.get("mask_blur", 4)
-        job = Img2Img(strength=settings.get("strength", 0.75), resize_mode=RESIZE_MODES.index(
-                      settings.get("resize_mode", "just-resize")), mask=mask, mask_blur_x=blur, mask_blur_y=blur,
-                      inpainting_fill=MASKED_CONTENT.index(settings.get("inpaint_fill", "original")),
-                      only_masked=settings.get("only_masked", False), padding=settings.get("padding", 32),
-                      invert_mask=settings.get("invert_mask", False), exact_steps=settings.get("exact_steps", False))
-        job.check()
-        w, h = init.size  # the output's size by default: the init image's, rounded down to a multiple of 8
-        settings.setdefault("width", max(8, w // 8 * 8))
-        settings.setdefault("height", max(8, h // 8 * 8))
-    elif "mask" in settings:
-        raise InputError("--mask needs --init-image: the image the mask paints over")
-
     images = []
     for i in range(settings["n"]):
-        args_ = dict(prompt=settings["prompt"], negative_prompt=settings["negative_prompt"] or None,
-                     guidance_scale=settings["guidance"], height=settings.get("height"), width=settings.get("width"),
-                     seed=seed + i, scheduler=scheduler, karras=settings["karras"],
-                     prompt_syntax=settings["prompt_syntax"], clip_skip=settings["clip_skip"] - 1 or None,
-                     emphasis=settings["emphasis"])
-        if fix is not None:
-            image = hires_run(pipe, fix, steps=settings["steps"], **args_)[0]
-        elif job is None:
-            image = pipe(num_inference_steps=settings["steps"], **args_).images[0]
-        else:
-            image = run(pipe, [init], job, steps=settings["steps"], **args_)[0]
-        text = infotext(settings["prompt"], settings["negative_prompt"], steps=settings["steps"], sampler_id=scheduler,
-                        karras=settings["karras"], cfg_scale=settings["guidance"], seed=seed + i,
-                        width=settings.get("width", image.width), height=settings.get("height", image.height),
-                        model_hash=hash_, model_name=model_name, clip_skip=settings["clip_skip"],
-                        emphasis=settings["emphasis"], prompt_syntax=settings["prompt_syntax"],
-                        extra={**decoder, **(job.fields() if job else
-                                             fix.fields(settings["width"], settings["height"]) if fix else {})},
-                        lora_hashes=pipe.lora_library.hashes_text(settings["prompt"]) if pipe.lora_library and
-                        settings["prompt_syntax"] == "a1111" else None)
+        image, text = generate.render(model, job, seed + i)
         print(_save_numbered(outdir, f"{seed + i}", image, text), flush=True)
         images.append((image, text))
     if args.grid and len(images) > 1:
@@ -218,17 +66,50 @@ def cmd_generate(args) -> int:
     return 0
 
 
-def folder_beside(given: str | None, outdir: str | Path | None, name: str) -> Path | None:
-    """The folder given (--embeddings, --lora-dir), else `name/` beside the output folder when there is one."""
-    if given is not None:
-        return Path(given)
-    beside = Path(outdir).resolve().parent / name if outdir else None
-    return beside if beside is not None and beside.is_dir() else None
+def cmd_batch(args) -> int:
+    import signal
+
+    from .batch import jobs, on_ray, run
+    from .batch.output import MANIFEST, Output
+    options = _job_options()
+    if args.threads is not None and not 1 <= args.threads <= 1024:
+        raise InputError(f"--threads must be from 1 to 1024 (got {args.threads})")
+    if not 1 <= args.workers <= 1024 or args.cpus_per_worker <= 0 or args.gpus_per_worker < 0:
+        raise InputError("--workers must be from 1 to 1024, --cpus-per-worker above 0, --gpus-per-worker 0 or more")
+    defaults = {k: v for k, v in vars(args).items() if v is not None and k in options and k != "seed"}
+    tasks, failures = jobs.read(args.jobs, defaults, options, base_seed=args.seed or 0)
+    out = Output(args.outdir)
+    address = None if args.ray == "local" else args.ray
+    if args.ray:
+        runner = on_ray.runner(out, address=address, workers=args.workers, cpus=args.cpus_per_worker,
+                               gpus=args.gpus_per_worker, threads=args.threads, allow_pickle=args.allow_pickle)
+    else:
+        _threads(args.threads)
+        runner = run.local(out, allow_pickle=args.allow_pickle)
+    signal.signal(signal.SIGTERM, lambda *_: sys.exit(143))  # unwinds: no temp file is left behind
+    try:
+        summary = run.run(tasks, failures, out, runner, quiet=args.quiet)
+    finally:
+        if args.ray:
+            on_ray.shutdown(address)
+    print(f"sumie batch: {summary}; manifest: {out.where.rstrip('/')}/{MANIFEST}", flush=True)
+    return 1 if summary.failed else 0
+
+
+def _job_options() -> dict:
+    """The settings a job may set, read as the command line reads them: generate's options and the prompt."""
+    from .batch.jobs import Option
+    p = argparse.ArgumentParser(add_help=False)
+    _generation_options(p, "")
+    _model_options(p)
+    options = {a.dest: Option(a.type, tuple(a.choices) if a.choices else None, a.const is True)
+               for a in p._actions if a.dest != "allow_pickle"}
+    return {"prompt": Option(), **options}
 
 
 def cmd_convert(args) -> int:
     from .weights import convert
-    _, dtype = _device_and_dtype("cpu", args.dtype or "float32")
+    _, dtype = device_and_dtype("cpu", args.dtype or "float32")
     print(convert(args.src, args.dst, dtype=dtype if args.dtype else None, allow_pickle=args.allow_pickle,
                   config=args.config, prediction_type=args.prediction_type))
     return 0
@@ -240,7 +121,7 @@ def cmd_train_tiny(args) -> int:
     from .tiny.train import Recipe, train
     overrides = {k: getattr(args, k) for k in ("seed", "vae_steps", "unet_steps", "unet_batch", "threads")
                  if getattr(args, k) is not None}
-    device, _ = _device_and_dtype(args.device or "cpu", "float32")
+    device, _ = device_and_dtype(args.device or "cpu", "float32")
     print(train(args.out, replace(Recipe(), **overrides), quiet=args.quiet, device=str(device)))
     return 0
 
@@ -251,7 +132,7 @@ def cmd_eval_tiny(args) -> int:
     from . import tiny
     from .pipeline import StableDiffusionPipeline
     from .tiny.evaluate import contact_sheet, evaluate, evaluate_edits, table
-    device, _ = _device_and_dtype(args.device or "cpu", "float32")
+    device, _ = device_and_dtype(args.device or "cpu", "float32")
     pipe = StableDiffusionPipeline.from_pretrained(args.model).to(device)
     pipe.set_progress_bar_config(disable=True)
     pipe.batch_invariant = False  # whole batches: the judge needs no bit-identical images, and batches are faster
@@ -288,7 +169,7 @@ def cmd_serve(args) -> int:
             raise InputError(f"{flag} {folder}: not a folder")
     if not 1 <= args.queue_size <= 1024:
         raise InputError(f"--queue-size must be from 1 to 1024 (got {args.queue_size})")
-    device, _ = _device_and_dtype(args.device or "cpu", "float32")
+    device, _ = device_and_dtype(args.device or "cpu", "float32")
     serve(args.model or tiny.NAME, host=args.host, port=args.port, outdir=args.outdir, api_key=args.api_key,
           api_auth=args.api_auth, queue_size=args.queue_size, device=str(device), request_timeout=args.timeout,
           embeddings=folder_beside(args.embeddings, args.outdir, "embeddings"), allow_pickle=args.allow_pickle,
@@ -320,48 +201,51 @@ def _int(text: str) -> int:
         raise argparse.ArgumentTypeError(f"expected an integer, got {text!r}") from None
 
 
-def build_parser() -> argparse.ArgumentParser:
-    parser = _Parser(prog="sumie", description="Stable Diffusion text-to-image, compact and readable.")
-    sub = parser.add_subparsers(dest="command", required=True, parser_class=_Parser)
-    sub.add_parser("schedulers", help="list the sampler ids").set_defaults(func=cmd_schedulers)
-    info = sub.add_parser("info", help="print the generation parameters stored in a PNG")
-    info.add_argument("image")
-    info.set_defaults(func=cmd_info)
+THREADS_HELP = ("CPU threads (default: torch's, one per core); the pixels of a CPU run can change by a level "
+                "with the thread count, so give the same number to reproduce an image exactly")
 
-    g = sub.add_parser("generate", help="generate images from a prompt")
-    g.add_argument("prompt", nargs="?")
-    g.add_argument("--model", help="a diffusers folder, a model id in the local Hugging Face cache, a single "
+
+def _threads(n: int | None) -> None:
+    if n is None:
+        return
+    if not 1 <= n <= 1024:
+        raise InputError(f"--threads must be from 1 to 1024 (got {n})")
+    import torch
+    torch.set_num_threads(n)
+
+
+def _generation_options(p: argparse.ArgumentParser, seed_help: str) -> None:
+    """The options of one generation job: `generate`'s, and `batch`'s defaults for its jobs."""
+    p.add_argument("--model", help="a diffusers folder, a model id in the local Hugging Face cache, a single "
                                     ".safetensors checkpoint, or sumie-tiny (the embedded model, the default)")
-    g.add_argument("--vae", help="a separate VAE: a single file or a diffusers vae folder")
-    g.add_argument("--vae-tiny", dest="vae_tiny", metavar="PATH",
+    p.add_argument("--vae", help="a separate VAE: a single file or a diffusers vae folder")
+    p.add_argument("--vae-tiny", dest="vae_tiny", metavar="PATH",
                    help="decode with TAESD, the tiny autoencoder, instead of the VAE: a diffusers AutoencoderTiny "
                         "folder, or the folder or file of taesd_decoder (and taesd_encoder) weights")
-    g.add_argument("--negative-prompt", dest="negative_prompt")
-    g.add_argument("--steps", type=_int, help="default 50 (sumie-tiny: 20)")
-    g.add_argument("--guidance", type=float,
+    p.add_argument("--negative-prompt", dest="negative_prompt")
+    p.add_argument("--steps", type=_int, help="default 50 (sumie-tiny: 20)")
+    p.add_argument("--guidance", type=float,
                    help="classifier-free guidance scale (default 7.5, sumie-tiny: 5; <= 1 turns it off)")
-    g.add_argument("--scheduler", help="a sampler id (see `sumie schedulers`); default: the model's")
-    g.add_argument("--karras", action="store_true", default=None, help="Karras sigmas")
-    g.add_argument("--height", type=_int)
-    g.add_argument("--width", type=_int)
-    g.add_argument("--seed", type=_int, help="default: random; image i uses seed + i")
-    g.add_argument("--n", type=_int, help="number of images (default 1)")
-    g.add_argument("--grid", action="store_true", help="also write a grid of the images")
-    g.add_argument("--outdir", help="default: outputs/")
-    g.add_argument("--device", help="cpu (default), cuda, mps")
-    g.add_argument("--dtype", choices=sorted(DTYPES), help="default: float32")
-    g.add_argument("--prompt-syntax", dest="prompt_syntax", choices=["a1111", "plain"],
+    p.add_argument("--scheduler", help="a sampler id (see `sumie schedulers`); default: the model's")
+    p.add_argument("--karras", action="store_true", default=None, help="Karras sigmas")
+    p.add_argument("--height", type=_int)
+    p.add_argument("--width", type=_int)
+    p.add_argument("--seed", type=_int, help=seed_help)
+    p.add_argument("--n", type=_int, help="number of images (default 1)")
+    p.add_argument("--device", help="cpu (default), cuda, mps")
+    p.add_argument("--dtype", choices=sorted(DTYPES), help="default: float32")
+    p.add_argument("--prompt-syntax", dest="prompt_syntax", choices=["a1111", "plain"],
                    help="a1111 (default): (emphasis:1.2), [editing:steps], BREAK, long prompts; "
                         "plain: diffusers' reading")
-    g.add_argument("--clip-skip", dest="clip_skip", type=_int, metavar="N",
+    p.add_argument("--clip-skip", dest="clip_skip", type=_int, metavar="N",
                    help="A1111's count: 1 (default) the last layer of the text encoder, 2 the one before, ...")
-    g.add_argument("--emphasis", choices=["original", "none"], help="how (word:1.2) weights apply (default original)")
-    g.add_argument("--embeddings", metavar="DIR", help="textual-inversion embeddings, each usable in a prompt by its "
+    p.add_argument("--emphasis", choices=["original", "none"], help="how (word:1.2) weights apply (default original)")
+    p.add_argument("--embeddings", metavar="DIR", help="textual-inversion embeddings, each usable in a prompt by its "
                                                        "file name (default: embeddings/ beside the output folder)")
-    g.add_argument("--lora-dir", dest="lora_dir", metavar="DIR",
+    p.add_argument("--lora-dir", dest="lora_dir", metavar="DIR",
                    help="LoRA files that <lora:NAME:WEIGHT> in a prompt names "
                         "(default: loras/ beside the output folder)")
-    i2i = g.add_argument_group("image to image and inpainting (A1111's options; see docs/img2img.md)")
+    i2i = p.add_argument_group("image to image and inpainting (A1111's options; see docs/img2img.md)")
     i2i.add_argument("--init-image", dest="init_image", metavar="IMG",
                      help="start from this image; width and height default to its size, rounded down to 8")
     i2i.add_argument("--strength", type=float, help="denoising strength from 0 to 1 (default 0.75)")
@@ -378,19 +262,55 @@ def build_parser() -> argparse.ArgumentParser:
     i2i.add_argument("--inpaint-only-masked", dest="only_masked", action="store_true", default=None,
                      help="generate only the mask's region (plus --padding) at full size and paste it back")
     i2i.add_argument("--padding", type=_int, help="pixels around the mask with --inpaint-only-masked (default 32)")
-    hr = g.add_argument_group("hires fix (A1111's: a first pass at --width x --height, an upscale, an img2img pass)")
+    hr = p.add_argument_group("hires fix (A1111's: a first pass at --width x --height, an upscale, an img2img pass)")
     hr.add_argument("--hires-scale", dest="hires_scale", type=float, help="upscale factor, e.g. 2 (turns hires fix on)")
     hr.add_argument("--hires-steps", dest="hires_steps", type=_int, help="second-pass steps (default: --steps)")
     hr.add_argument("--hires-strength", dest="hires_strength", type=float, help="second-pass denoising (default 0.7)")
     hr.add_argument("--hires-upscaler", dest="hires_upscaler", metavar="NAME",
                     help="Latent (default), Latent (nearest), Latent (bicubic), ..., None, Lanczos, Nearest")
+    p.add_argument("--compile", action="store_true", default=None,
+                   help="fast path: packed and Winograd weights on CPU (more memory), torch.compile on a GPU (slow first image)")
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = _Parser(prog="sumie", description="Stable Diffusion text-to-image, compact and readable.")
+    sub = parser.add_subparsers(dest="command", required=True, parser_class=_Parser)
+    sub.add_parser("schedulers", help="list the sampler ids").set_defaults(func=cmd_schedulers)
+    info = sub.add_parser("info", help="print the generation parameters stored in a PNG")
+    info.add_argument("image")
+    info.set_defaults(func=cmd_info)
+
+    g = sub.add_parser("generate", help="generate images from a prompt")
+    g.add_argument("prompt", nargs="?")
+    _generation_options(g, "default: random; image i uses seed + i")
+    g.add_argument("--grid", action="store_true", help="also write a grid of the images")
+    g.add_argument("--outdir", help="default: outputs/")
     g.add_argument("--params-from", dest="params_from", metavar="IMAGE.png",
                    help="re-create an image from its stored parameters; other options override them")
     g.add_argument("--quiet", action="store_true", help="no progress bar")
-    g.add_argument("--compile", action="store_true",
-                   help="fast path: packed and Winograd weights on CPU (more memory), torch.compile on a GPU (slow first image)")
+    g.add_argument("--threads", type=_int, help=THREADS_HELP)
     _model_options(g)
     g.set_defaults(func=cmd_generate)
+
+    b = sub.add_parser("batch", help="render a file of jobs to a folder, resumable; on a Ray cluster with --ray",
+                       description="JOBS: a .txt file (one prompt a line), a .jsonl file (one object a line, keyed by "
+                                   "generate's option names) or a .csv file (a header of those names). The options "
+                                   "below are every job's defaults. See docs/batch.md.")
+    b.add_argument("jobs", metavar="JOBS")
+    b.add_argument("--outdir", required=True, help="a folder, or a URI fsspec can write (s3://, gs://); "
+                                                   "manifest.jsonl goes there too")
+    _generation_options(b, "the base of the seeds of the jobs without one (default 0): each gets a seed "
+                           "derived from it and its line")
+    b.add_argument("--quiet", action="store_true", help="no progress bar")
+    b.add_argument("--threads", type=_int, help=THREADS_HELP + "; on Ray, default --cpus-per-worker")
+    _model_options(b)
+    r = b.add_argument_group("Ray (pip install \"sumie[ray]\"; see docs/scale-out.md)")
+    r.add_argument("--ray", nargs="?", const="local", metavar="ADDRESS",
+                   help="run on Ray: auto, HOST:PORT or ray://HOST:PORT; alone, a local Ray started for the run")
+    r.add_argument("--workers", type=_int, default=1, help="actors, each with one model replica (default 1)")
+    r.add_argument("--cpus-per-worker", dest="cpus_per_worker", type=float, default=1.0, help="default 1")
+    r.add_argument("--gpus-per-worker", dest="gpus_per_worker", type=float, default=0.0, help="default 0")
+    b.set_defaults(func=cmd_batch)
 
     c = sub.add_parser("convert", help="convert between a diffusers folder and a single .safetensors file")
     c.add_argument("src", help="a diffusers folder, hub-cache id, or single-file checkpoint")
