@@ -230,3 +230,26 @@ def test_ray_missing_says_how_to_install_it(monkeypatch):
     monkeypatch.setitem(sys.modules, "ray", None)
     with pytest.raises(InputError, match=r'pip install "sumie\[ray\]"'):
         on_ray.connect(None, workers=1, cpus=1, gpus=0)
+
+
+def test_an_fsspec_uri_gets_the_images_and_the_manifest(tmp_path):
+    """An object-store-like URI (fsspec's in-memory filesystem, in this process): whole objects, the manifest
+    written at the end, and a rerun that skips what is there."""
+    fsspec = pytest.importorskip("fsspec")
+    from cli_util import cli_in_process
+    path = tmp_path / "p.txt"
+    path.write_text("a red circle\na blue square\n")
+    argv = ["batch", path, "--outdir", "memory://sumie-test/run", "--quiet", "--steps", 2, "--threads", 1]
+    try:
+        code, stdout, stderr = cli_in_process(*argv)
+        assert code == 0 and "2 done" in stdout, stderr
+        fs = fsspec.filesystem("memory")
+        entries = [json.loads(line) for line in fs.cat_file("/sumie-test/run/manifest.jsonl").decode().splitlines()]
+        assert sorted(e["line"] for e in entries) == [1, 2]
+        for e in entries:
+            with fs.open(f"/sumie-test/run/{e['file']}", "rb") as f:
+                assert pixels_hash(Image.open(f).convert("RGB")) == e["pixels_sha256"]
+        code, stdout, _ = cli_in_process(*argv)
+        assert code == 0 and "0 done, 2 skipped" in stdout
+    finally:
+        torch.set_num_threads(2)
