@@ -4,6 +4,7 @@ after SIGTERM, bad lines recorded, and the same run on a local Ray instance with
 import json
 import os
 import signal
+import socket
 import subprocess
 import sys
 import time
@@ -222,6 +223,18 @@ def test_bad_input_is_one_line_and_exit_2(tmp_path, setup, args, needle):
         argv += ["--outdir", str(tmp_path / "out")]
     r = sumie(*argv, timeout=30)  # an address that does not answer fails fast, it does not hang
     assert r.returncode == 2 and needle in r.stderr and r.stderr.count("\n") == 1, r.stderr
+
+
+def test_a_ray_address_that_accepts_but_never_answers_fails_within_30_s(tmp_path):
+    pytest.importorskip("ray", reason='pip install "sumie[ray]"')
+    listener = socket.create_server(("127.0.0.1", 0))  # accepts connections (the backlog), never speaks
+    try:
+        (tmp_path / "p.txt").write_text("a red circle\n")
+        address = f"127.0.0.1:{listener.getsockname()[1]}"
+        r = sumie("batch", tmp_path / "p.txt", "--outdir", tmp_path / "out", "--ray", address, timeout=30)
+        assert r.returncode == 2 and f"--ray {address}:" in r.stderr and r.stderr.count("\n") == 1, r.stderr
+    finally:
+        listener.close()
 
 
 def test_ray_missing_says_how_to_install_it(monkeypatch):

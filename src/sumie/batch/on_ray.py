@@ -7,6 +7,7 @@ manifest. The images are the ones a local run makes: the same settings through t
 
 from __future__ import annotations
 
+import contextlib
 import json
 import logging
 import math
@@ -23,7 +24,7 @@ from .output import Output
 from .render import Renderer
 
 CONNECT_SECONDS = 10.0  # how long an address may take to accept a connection
-JOIN_SECONDS = 20.0  # how long joining a cluster may take before the run gives up (a Ray client waits 30 s+)
+JOIN_SECONDS = 15.0  # how long joining a cluster may take before the run gives up (a Ray client waits 30 s+)
 
 
 class _Worker:
@@ -56,15 +57,27 @@ def _reachable(address: str) -> None:
                          f"(ray start --head)?") from None
 
 
+@contextlib.contextmanager
+def _stderr_silenced():
+    saved = os.dup(2)
+    try:
+        with open(os.devnull, "w") as null:
+            os.dup2(null.fileno(), 2)
+        yield
+    finally:
+        os.dup2(saved, 2)
+        os.close(saved)
+
+
 def connect(address: str | None, *, workers: int, cpus: float, gpus: float):
     """Ray, joined to the cluster at `address` (None: a local instance started for this run)."""
+    os.environ.setdefault("RAY_BACKEND_LOG_LEVEL", "fatal")  # Ray's C++ notices; its log files keep everything
     try:
         import ray
     except ImportError:
         raise InputError('--ray needs Ray: pip install "sumie[ray]"') from None
     if ray.is_initialized():
         return ray
-    os.environ.setdefault("RAY_BACKEND_LOG_LEVEL", "fatal")  # Ray's C++ notices; its logs keep everything
     logging.getLogger("ray.data").setLevel(logging.WARNING)  # one INFO line per dataset run
     quiet = dict(logging_level="ERROR", log_to_driver=False)
     if address is None:  # the pool must fit, or Ray Data would wait for it forever
@@ -80,8 +93,9 @@ def connect(address: str | None, *, workers: int, cpus: float, gpus: float):
         except BaseException as e:  # noqa: BLE001 - reported below, on the caller's thread
             failed.append(e)
     joining = threading.Thread(target=join, daemon=True)  # a daemon: a join that hangs cannot keep us alive
-    joining.start()
-    joining.join(JOIN_SECONDS)
+    with _stderr_silenced():  # Ray's C++ client logs its retries there; a failure is reported below in one line
+        joining.start()
+        joining.join(JOIN_SECONDS)
     if joining.is_alive():
         raise InputError(f"--ray {address}: the cluster did not answer in {JOIN_SECONDS:.0f} s; check the address "
                          f"and that its port is open to this machine")
