@@ -70,7 +70,7 @@ def test_generate_progress_and_cancel(browser):
         field("generate").click()
         wait(lambda: field("status").text.startswith("step "))
         field("cancel").click()
-        wait(lambda: field("status").text == "cancelled")
+        wait(lambda: field("status").text == "cancelled", why=lambda: field("status").text)
         assert len(d.find_elements(By.CSS_SELECTOR, "figure img.result")) == 2  # the partial image is shown too
     finally:
         server.stop()
@@ -160,7 +160,7 @@ def test_live_preview_by_approx_cheap_or_by_taesd(browser, tmp_path, taesd):
                    why=lambda: field("status").text)
         preview = np.asarray(Image.open(io.BytesIO(base64.b64decode(src))).convert("RGB"), dtype=int)
         field("cancel").click()
-        wait(lambda: field("status").text == "cancelled")
+        wait(lambda: field("status").text == "cancelled", why=lambda: field("status").text)
         assert preview.shape == ((512, 512, 3) if taesd else (64, 64, 3))
         assert preview.std() > 1  # a picture, not a flat colour
     finally:
