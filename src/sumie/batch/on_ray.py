@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import contextlib
 import json
-import logging
 import math
 import os
 import socket
@@ -71,14 +70,12 @@ def _stderr_silenced():
 
 def connect(address: str | None, *, workers: int, cpus: float, gpus: float):
     """Ray, joined to the cluster at `address` (None: a local instance started for this run)."""
-    os.environ.setdefault("RAY_BACKEND_LOG_LEVEL", "fatal")  # Ray's C++ notices; its log files keep everything
     try:
         import ray
     except ImportError:
         raise InputError('--ray needs Ray: pip install "sumie[ray]"') from None
     if ray.is_initialized():
         return ray
-    logging.getLogger("ray.data").setLevel(logging.WARNING)  # one INFO line per dataset run
     quiet = dict(logging_level="ERROR", log_to_driver=False)
     if address is None:  # the pool must fit, or Ray Data would wait for it forever
         ray.init(num_cpus=max(os.cpu_count() or 1, math.ceil(workers * cpus)), include_dashboard=False, **quiet)
@@ -109,7 +106,8 @@ def runner(out: Output, *, address: str | None, workers: int, cpus: float, gpus:
     """A `run.Runner` that maps the tasks over `workers` actors of `cpus` CPUs and `gpus` GPUs each, each actor
     running `threads` torch threads (default: its CPUs)."""
     ray = connect(address, workers=workers, cpus=cpus, gpus=gpus)
-    ray.data.DataContext.get_current().enable_progress_bars = False  # the batch has its own bar
+    context = ray.data.DataContext.get_current()
+    context.enable_progress_bars = context.print_on_execution_start = False  # the batch has its own bar
 
     def run(tasks: list[Task]) -> Iterator[dict]:
         rows = [{"task": json.dumps(asdict(t))} for t in tasks]
