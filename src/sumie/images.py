@@ -133,17 +133,25 @@ def parse_parameters(text: str) -> dict[str, str]:
     return {"Prompt": "\n".join(prompt), "Negative prompt": "\n".join(negative), **pairs}
 
 
+def png_bytes(image: Image.Image, parameters: str | None = None) -> bytes:
+    """`image` as a PNG file's bytes, with `parameters` (A1111's text) as its `parameters` chunk."""
+    info = PngImagePlugin.PngInfo()
+    if parameters is not None:
+        info.add_text("parameters", parameters)
+    buffer = io.BytesIO()
+    image.save(buffer, format="PNG", pnginfo=info)
+    return buffer.getvalue()
+
+
 def save_png(image: Image.Image, path: str | Path, parameters: str | None = None, *, overwrite: bool = False) -> Path:
     """Write a PNG atomically (a temp file in the same folder, then a rename or link), with the `parameters`
     chunk. Without `overwrite`, an existing file raises FileExistsError and is left untouched."""
     path = Path(path)
-    info = PngImagePlugin.PngInfo()
-    if parameters is not None:
-        info.add_text("parameters", parameters)
+    data = png_bytes(image, parameters)
     fd, tmp = tempfile.mkstemp(prefix=".tmp-", suffix=".png", dir=path.parent)
     try:
         with os.fdopen(fd, "wb") as f:
-            image.save(f, format="PNG", pnginfo=info)
+            f.write(data)
         if overwrite:
             os.replace(tmp, path)
         else:

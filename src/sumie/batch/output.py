@@ -11,16 +11,15 @@ object at once. The manifest gets one JSON line per image (or failure):
 from __future__ import annotations
 
 import hashlib
-import io
 import json
 import os
 import time
 from pathlib import Path
 
-from PIL import Image, PngImagePlugin
+from PIL import Image
 
 from ..errors import InputError
-from ..images import save_png
+from ..images import png_bytes, save_png
 
 MANIFEST = "manifest.jsonl"
 FLUSH_SECONDS = 5.0
@@ -78,14 +77,10 @@ class Output:
         return self.fs.exists(self._path(name)) if self.remote else (self.root / name).is_file()
 
     def write_png(self, name: str, image: Image.Image, text: str) -> None:
-        if not self.remote:
+        if self.remote:
+            self.fs.pipe_file(self._path(name), png_bytes(image, text))
+        else:
             save_png(image, self.root / name, text, overwrite=True)
-            return
-        info = PngImagePlugin.PngInfo()
-        info.add_text("parameters", text)
-        buffer = io.BytesIO()
-        image.save(buffer, format="PNG", pnginfo=info)
-        self.fs.pipe_file(self._path(name), buffer.getvalue())
 
     # -- the manifest ---------------------------------------------------------------------------------
     def read_manifest(self) -> list[dict]:
@@ -110,19 +105,21 @@ class Output:
         return entries
 
     def append(self, entry: dict) -> None:
-        line = json.dumps(entry, sort_keys=True, ensure_ascii=False)
         if self.remote:
             self._entries.append(entry)
             if time.monotonic() - self._flushed >= FLUSH_SECONDS:
                 self.flush()
             return
         with open(self.root / MANIFEST, "a", encoding="utf-8") as f:
-            f.write(line + "\n")
+            f.write(_line(entry))
             f.flush()
             os.fsync(f.fileno())
 
     def flush(self) -> None:
         if self.remote:
-            text = "".join(json.dumps(e, sort_keys=True, ensure_ascii=False) + "\n" for e in self._entries)
-            self.fs.pipe_file(self._path(MANIFEST), text.encode())
+            self.fs.pipe_file(self._path(MANIFEST), "".join(map(_line, self._entries)).encode())
             self._flushed = time.monotonic()
+
+
+def _line(entry: dict) -> str:
+    return json.dumps(entry, sort_keys=True, ensure_ascii=False) + "\n"

@@ -17,12 +17,12 @@ Runner = Callable[[list[Task]], Iterable[dict]]  # tasks -> their manifest entri
 class Summary:
     done: int = 0
     skipped: int = 0  # already in the manifest and on disk
-    failed_lines: list[int] = field(default_factory=list)
     failed: int = 0  # images, or jobs that could not be read
+    failed_lines: set[int] = field(default_factory=set)
 
     def __str__(self) -> str:
-        lines = f" (line{'s' if len(self.failed_lines) > 1 else ''} {', '.join(map(str, self.failed_lines))})" \
-            if self.failed_lines else ""
+        lines = sorted(self.failed_lines)
+        lines = f" (line{'s' if len(lines) > 1 else ''} {', '.join(map(str, lines))})" if lines else ""
         return f"{self.done} done, {self.skipped} skipped (already done), {self.failed} failed{lines}"
 
 
@@ -57,24 +57,22 @@ def run(tasks: list[Task], failures: list[Failure], out: Output, runner: Runner,
     from tqdm import tqdm
     left = todo(tasks, out)
     summary = Summary(skipped=len(tasks) - len(left))
-    failed = set()
+
+    def record(entry: dict) -> None:
+        out.append(entry)
+        if "error" in entry:
+            summary.failed += 1
+            summary.failed_lines.add(entry["line"])
+            bar.write(f"sumie: line {entry['line']}: {entry['error']}")
+        else:
+            summary.done += 1
     try:
         with tqdm(total=len(left), unit="img", desc="batch", disable=quiet, dynamic_ncols=True) as bar:
             for f in failures:
-                out.append(failure_entry(f.line, f.job, f.error))
-                summary.failed += 1
-                failed.add(f.line)
-                bar.write(f"sumie: line {f.line}: {f.error}")
+                record(failure_entry(f.line, f.job, f.error))
             for entry in runner(left) if left else ():
-                out.append(entry)
-                if "error" in entry:
-                    summary.failed += 1
-                    failed.add(entry["line"])
-                    bar.write(f"sumie: line {entry['line']}: {entry['error']}")
-                else:
-                    summary.done += 1
+                record(entry)
                 bar.update()
     finally:
         out.flush()
-    summary.failed_lines = sorted(failed)
     return summary

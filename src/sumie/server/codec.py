@@ -5,21 +5,16 @@ from __future__ import annotations
 import base64
 import io
 
-from PIL import Image, PngImagePlugin
+from PIL import Image
 
 from ..errors import InputError
-from ..images import MAX_PIXELS, load_image
+from ..images import MAX_PIXELS, load_image, png_bytes
 
 
 
 def to_base64(image: Image.Image, text: str | None = None) -> str:
     """A PNG of `image`, with `text` as its `parameters` chunk, in base64."""
-    info = PngImagePlugin.PngInfo()
-    if text is not None:
-        info.add_text("parameters", text)
-    buf = io.BytesIO()
-    image.save(buf, format="PNG", pnginfo=info)
-    return base64.b64encode(buf.getvalue()).decode()
+    return base64.b64encode(png_bytes(image, text)).decode()
 
 
 def _decode(data: str) -> bytes:
