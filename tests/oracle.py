@@ -152,3 +152,47 @@ def write_taesd(folder: Path, seed: int = 0):
             p.mul_(1.5) if p.dim() > 1 else p.copy_(torch.randn_like(p) * 0.05)
     model.save_pretrained(folder)
     return model
+
+
+XL = dict(  # small SDXL-shaped networks: three levels, the top one without attention, 1 / 2 / 3 transformer blocks
+    unet=dict(block_out_channels=(32, 64, 64), layers_per_block=2, sample_size=16, in_channels=4, out_channels=4,
+              down_block_types=("DownBlock2D", "CrossAttnDownBlock2D", "CrossAttnDownBlock2D"),
+              up_block_types=("CrossAttnUpBlock2D", "CrossAttnUpBlock2D", "UpBlock2D"),
+              attention_head_dim=(2, 4, 4), transformer_layers_per_block=(1, 2, 3), use_linear_projection=True,
+              norm_num_groups=32, addition_embed_type="text_time", addition_time_embed_dim=8),
+    text=dict(hidden_size=32, intermediate_size=37, num_attention_heads=4, num_hidden_layers=4, vocab_size=49408,
+              max_position_embeddings=77, hidden_act="quick_gelu", bos_token_id=0, eos_token_id=2, projection_dim=32),
+    text_2=dict(hidden_size=32, intermediate_size=40, num_attention_heads=4, num_hidden_layers=5, vocab_size=49408,
+                max_position_embeddings=77, hidden_act="gelu", bos_token_id=0, eos_token_id=2, projection_dim=24),
+)
+
+
+def write_xl_folder(path: Path, seed: int = 0, *, refiner: bool = False) -> Path:
+    """A diffusers SDXL folder with small random networks, as the oracles save it: the base model (both text
+    encoders, six size numbers), or with `refiner` the refiner (bigG alone, sizes and an aesthetic score)."""
+    from diffusers import (AutoencoderKL, EulerDiscreteScheduler, StableDiffusionXLImg2ImgPipeline,
+                           StableDiffusionXLPipeline, UNet2DConditionModel)
+    from transformers import CLIPTextConfig, CLIPTextModel, CLIPTextModelWithProjection, CLIPTokenizer
+
+    torch.manual_seed(seed)
+    pooled, numbers = XL["text_2"]["projection_dim"], 5 if refiner else 6
+    context = XL["text_2"]["hidden_size"] + (0 if refiner else XL["text"]["hidden_size"])
+    unet = randomize(UNet2DConditionModel(**XL["unet"], cross_attention_dim=context,
+                                          projection_class_embeddings_input_dim=pooled + numbers * 8), seed)
+    vae = randomize(AutoencoderKL(**TINY_VAE, scaling_factor=0.13025), seed + 1)
+    text_2 = randomize(CLIPTextModelWithProjection(CLIPTextConfig(**XL["text_2"])), seed + 3)
+    write_vocab_files(path / "_vocab2", pad_token="!")
+    tok_2 = CLIPTokenizer.from_pretrained(path / "_vocab2")
+    scheduler = EulerDiscreteScheduler.from_config(published("sdxl_scheduler"))
+    if refiner:
+        pipe = StableDiffusionXLImg2ImgPipeline(vae=vae, text_encoder=None, text_encoder_2=text_2, tokenizer=None,
+                                                tokenizer_2=tok_2, unet=unet, scheduler=scheduler,
+                                                requires_aesthetics_score=True, force_zeros_for_empty_prompt=False)
+    else:
+        text = randomize(CLIPTextModel(CLIPTextConfig(**XL["text"])), seed + 2)
+        write_vocab_files(path / "_vocab", pad_token="<|endoftext|>")
+        tok = CLIPTokenizer.from_pretrained(path / "_vocab")
+        pipe = StableDiffusionXLPipeline(vae=vae, text_encoder=text, text_encoder_2=text_2, tokenizer=tok,
+                                         tokenizer_2=tok_2, unet=unet, scheduler=scheduler)
+    pipe.save_pretrained(path)
+    return path

@@ -44,7 +44,7 @@ def test_the_tiny_preset_is_the_shipped_model():
         assert getattr(TINY, component) == shipped, component
     scheduler = json.loads((folder / "scheduler" / "scheduler_config.json").read_text())
     assert {k: scheduler[k] for k in TINY.scheduler} == dict(TINY.scheduler)
-    assert set(PRESETS) == {"sd15", "sd21", "sd21-base", "sumie-tiny"}
+    assert set(PRESETS) == {"sd15", "sd21", "sd21-base", "sumie-tiny", "sdxl", "sdxl-refiner"}
 
 
 def test_broken_config(copy, error_of):

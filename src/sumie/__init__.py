@@ -7,7 +7,8 @@ from .images import image_grid
 from .pipeline import StableDiffusionImg2ImgPipeline, StableDiffusionInpaintPipeline, StableDiffusionPipeline
 from .tokenizer import CLIPTokenizer
 from .weights import Components, load_folder
+from .xl import StableDiffusionXLImg2ImgPipeline, StableDiffusionXLPipeline
 
 __all__ = ["CLIPTokenizer", "Components", "StableDiffusionImg2ImgPipeline", "StableDiffusionInpaintPipeline",
-           "StableDiffusionPipeline", "image_grid", "ConfigError", "InputError", "NumericalError", "SumieError",
-           "WeightsError", "load_folder", "__version__"]
+           "StableDiffusionPipeline", "StableDiffusionXLImg2ImgPipeline", "StableDiffusionXLPipeline", "image_grid",
+           "ConfigError", "InputError", "NumericalError", "SumieError", "WeightsError", "load_folder", "__version__"]

@@ -19,6 +19,7 @@ from .pipeline import StableDiffusionImg2ImgPipeline, StableDiffusionInpaintPipe
 from .schedulers.adapter import Scheduler, SchedulerOutput
 from .tokenizer import CLIPTokenizer as _Tokenizer
 from .weights import load_component_dir, load_tiny_vae
+from .xl import StableDiffusionXLImg2ImgPipeline, StableDiffusionXLPipeline
 
 
 def _load(cls, kind, path, subfolder, torch_dtype=None, variant=None, **_ignored):
@@ -46,8 +47,9 @@ class UNet2DConditionModel(_unet.UNet2DConditionModel):
     def from_pretrained(cls, path, subfolder: str | None = None, **kwargs):
         return _load(cls, "unet", path, subfolder, **kwargs)
 
-    def forward(self, sample, timestep, encoder_hidden_states, return_dict: bool = True, **_ignored):
-        out = super().forward(sample, timestep, encoder_hidden_states)
+    def forward(self, sample, timestep, encoder_hidden_states, added_cond_kwargs: dict | None = None,
+                return_dict: bool = True, **_ignored):
+        out = super().forward(sample, timestep, encoder_hidden_states, added_cond_kwargs)
         return UNet2DConditionOutput(out) if return_dict else (out,)
 
 
@@ -85,6 +87,12 @@ class CLIPTextModel(_text.CLIPTextModel):
         return _load(cls, "text_encoder", path, subfolder, **kwargs)
 
 
+class CLIPTextModelWithProjection(_text.CLIPTextModelWithProjection):
+    @classmethod
+    def from_pretrained(cls, path, subfolder: str | None = None, **kwargs):
+        return _load(cls, "text_encoder_2", path, subfolder, **kwargs)
+
+
 class CLIPTokenizer(_Tokenizer):
     @classmethod
     def from_pretrained(cls, path, subfolder: str | None = None, **_ignored):
@@ -116,9 +124,10 @@ class DPMSolverMultistepScheduler(Scheduler):
         super().__init__(sampler_id or ("dpm++2m-sde" if sde else "dpm++2m"), **config)
 
 
-__all__ = ["AutoencoderKL", "AutoencoderTiny", "CLIPTextModel", "CLIPTokenizer", "DDIMScheduler", "DDPMScheduler",
+__all__ = ["AutoencoderKL", "AutoencoderTiny", "CLIPTextModel", "CLIPTextModelWithProjection", "CLIPTokenizer",
+           "DDIMScheduler", "DDPMScheduler",
            "DPMSolverMultistepScheduler", "EulerAncestralDiscreteScheduler", "EulerDiscreteScheduler",
            "HeunDiscreteScheduler", "LCMScheduler", "LMSDiscreteScheduler", "PNDMScheduler", "SchedulerOutput",
            "StableDiffusionImg2ImgPipeline", "StableDiffusionInpaintPipeline", "StableDiffusionPipeline",
-           "UNet2DConditionModel",
+           "StableDiffusionXLImg2ImgPipeline", "StableDiffusionXLPipeline", "UNet2DConditionModel",
            "UniPCMultistepScheduler"]

@@ -77,6 +77,7 @@ class TextEncoderConfig:
     eos_token_id: int = 49407  # 2 in configs older than transformers 4.31: pool at argmax(ids) then
     bos_token_id: int = 49406
     pad_token_id: int = 1
+    projection_dim: int = _int(512)  # CLIPTextModelWithProjection's text_projection (SDXL's OpenCLIP bigG: 1280)
 
     def validate(self, source):
         if self.hidden_act not in ("quick_gelu", "gelu"):
@@ -97,14 +98,12 @@ _UNET_FIXED = {
     "mid_block_scale_factor": (1, 1.0),
     "mid_block_type": ("UNetMidBlock2DCrossAttn",),
     "num_attention_heads": (None,),
-    "transformer_layers_per_block": (1, [1]),
     "reverse_transformer_layers_per_block": (None,),
     "dual_cross_attention": (False,),
     "only_cross_attention": (False,),
     "mid_block_only_cross_attention": (None, False),
     "class_embed_type": (None,),
     "num_class_embeds": (None,),
-    "addition_embed_type": (None,),
     "encoder_hid_dim": (None,),
     "encoder_hid_dim_type": (None,),
     "resnet_time_scale_shift": ("default",),
@@ -117,11 +116,9 @@ _UNET_FIXED = {
     "time_cond_proj_dim": (None,),
     "conv_in_kernel": (3,),
     "conv_out_kernel": (3,),
-    "projection_class_embeddings_input_dim": (None,),
     "attention_type": ("default",),
     "class_embeddings_concat": (False,),
     "cross_attention_norm": (None,),
-    "addition_time_embed_dim": (None,),
     "dropout": (0, 0.0),
 }
 
@@ -131,7 +128,7 @@ _UP_TYPES = ("CrossAttnUpBlock2D", "UpBlock2D")
 
 @dataclass(frozen=True, kw_only=True)
 class UNetConfig:
-    """UNet2DConditionModel as SD 1.x / 2.x use it (diffusers' config field names)."""
+    """UNet2DConditionModel as SD 1.x / 2.x and SDXL use it (diffusers' config field names)."""
 
     in_channels: int = _int(4)
     out_channels: int = _int(4)
@@ -149,9 +146,26 @@ class UNetConfig:
     upcast_attention: bool = False
     flip_sin_to_cos: bool = True
     freq_shift: int = _int(0)
+    # SDXL: transformer blocks per attention (an int or one per block), and the "text_time" embedding added to
+    # the time embedding: [pooled text (P), the sinusoids (addition_time_embed_dim each) of 6 (base) or 5 (refiner)
+    # size numbers]
+    transformer_layers_per_block: int | tuple = 1
+    addition_embed_type: str | None = None
+    addition_time_embed_dim: int | None = None
+    projection_class_embeddings_input_dim: int | None = None
 
     def validate(self, source):
         n = len(self.block_out_channels)
+        if self.addition_embed_type not in (None, "text_time"):
+            raise ConfigError(f"{source}: addition_embed_type={self.addition_embed_type!r} is not supported by sumie "
+                              f"(supported: None or 'text_time')")
+        if self.addition_embed_type and not (self.addition_time_embed_dim
+                                             and self.projection_class_embeddings_input_dim):
+            raise ConfigError(f"{source}: addition_embed_type 'text_time' needs addition_time_embed_dim and "
+                              f"projection_class_embeddings_input_dim")
+        if isinstance(self.transformer_layers_per_block, tuple) and len(self.transformer_layers_per_block) != n:
+            raise ConfigError(f"{source}: transformer_layers_per_block has {len(self.transformer_layers_per_block)} "
+                              f"entries, expected one per block ({n})")
         if len(self.down_block_types) != n or len(self.up_block_types) != n:
             raise ConfigError(f"{source}: block_out_channels, down_block_types and up_block_types "
                               f"must have the same length (got {n}, {len(self.down_block_types)}, "
@@ -175,10 +189,18 @@ class UNetConfig:
         h = self.attention_head_dim
         return h if isinstance(h, tuple) else (h,) * len(self.block_out_channels)
 
+    @property
+    def depths(self) -> tuple[int, ...]:
+        """Transformer blocks per attention, per down block (up blocks use them reversed, the mid block the last)."""
+        d = self.transformer_layers_per_block
+        return d if isinstance(d, tuple) else (d,) * len(self.block_out_channels)
+
     @classmethod
     def from_dict(cls, raw, source="unet/config.json"):
         if isinstance(raw.get("cross_attention_dim"), list):
             raise ConfigError(f"{source}: a per-block cross_attention_dim is not supported")
+        if "upcast_attention" in raw and raw["upcast_attention"] is None:  # SDXL's published configs: null
+            raw = {**raw, "upcast_attention": False}
         return _parse(cls, raw, source, _UNET_FIXED)
 
 
@@ -277,14 +299,17 @@ class TinyVAEConfig:
 # ---------------------------------------------------------------------------------------------------
 @dataclass(frozen=True, kw_only=True)
 class Preset:
-    """One architecture: the configs of its three networks, its scheduler_config.json, its tokenizer's pad."""
+    """One architecture: the configs of its networks, its scheduler_config.json, its tokenizer's pad. SDXL has a
+    second text encoder (OpenCLIP bigG, with its projection), whose tokenizer pads with "!"; its refiner has only
+    that one (`text_encoder` None)."""
 
     name: str
-    text_encoder: TextEncoderConfig
+    text_encoder: TextEncoderConfig | None
     unet: UNetConfig
     vae: VAEConfig
     scheduler: MappingProxyType
     pad_token: str = "<|endoftext|>"
+    text_encoder_2: TextEncoderConfig | None = None
 
 
 _SD_VAE = VAEConfig(block_out_channels=(128, 256, 512, 512), layers_per_block=2, sample_size=512,
@@ -299,14 +324,15 @@ _SD1_SCHEDULER = MappingProxyType({
 SD15 = Preset(
     name="sd15",
     text_encoder=TextEncoderConfig(hidden_size=768, intermediate_size=3072, num_hidden_layers=12,
-                                   num_attention_heads=12, bos_token_id=0, eos_token_id=2),
+                                   num_attention_heads=12, bos_token_id=0, eos_token_id=2, projection_dim=768),
     unet=UNetConfig(cross_attention_dim=768), vae=_SD_VAE, scheduler=_SD1_SCHEDULER)
 # SD 2.x: OpenCLIP ViT-H/14's text tower up to its penultimate layer (23 of 24), per-level heads of 64 channels,
 # linear projections; the 768-v models predict v.
 SD21 = Preset(
     name="sd21",
     text_encoder=dataclasses.replace(SD15.text_encoder, hidden_size=1024, intermediate_size=4096,
-                                     num_hidden_layers=23, num_attention_heads=16, hidden_act="gelu"),
+                                     num_hidden_layers=23, num_attention_heads=16, hidden_act="gelu",
+                                     projection_dim=512),
     unet=UNetConfig(sample_size=96, attention_head_dim=(5, 10, 20, 20), cross_attention_dim=1024,
                     use_linear_projection=True, upcast_attention=True),
     vae=dataclasses.replace(_SD_VAE, sample_size=768),
@@ -334,4 +360,38 @@ TINY = Preset(
         "beta_schedule": "linear", "num_train_timesteps": 1000, "prediction_type": "v_prediction",
         "steps_offset": 0, "timestep_spacing": "trailing", "set_alpha_to_one": False, "clip_sample": False,
         "algorithm_type": "dpmsolver++", "solver_order": 2, "use_karras_sigmas": False}))
-PRESETS = {p.name: p for p in (SD15, SD21, SD21_BASE, TINY)}
+# SDXL 1.0 (Podell et al. 2023): CLIP ViT-L and OpenCLIP ViT-bigG/14 side by side (context 768 + 1280 = 2048, both
+# penultimate layers), three levels with 0 / 2 / 10 transformer blocks (the top one without attention), and the
+# pooled bigG output plus six size numbers added to the time embedding (1280 + 6 * 256 = 2816). The refiner reads
+# bigG alone, and five numbers: the sizes and an aesthetic score (1280 + 5 * 256 = 2560).
+_BIG_G = TextEncoderConfig(hidden_size=1280, intermediate_size=5120, num_hidden_layers=32, num_attention_heads=20,
+                           hidden_act="gelu", projection_dim=1280, bos_token_id=0, eos_token_id=2)
+_SDXL_SCHEDULER = MappingProxyType({
+    "_class_name": "EulerDiscreteScheduler", "beta_start": 0.00085, "beta_end": 0.012, "beta_schedule": "scaled_linear",
+    "num_train_timesteps": 1000, "prediction_type": "epsilon", "sample_max_value": 1.0, "set_alpha_to_one": False,
+    "skip_prk_steps": True, "steps_offset": 1, "timestep_spacing": "leading", "interpolation_type": "linear",
+    "use_karras_sigmas": False, "clip_sample": False})
+_SDXL_VAE = dataclasses.replace(_SD_VAE, sample_size=1024, scaling_factor=0.13025)
+SDXL = Preset(
+    name="sdxl",
+    text_encoder=SD15.text_encoder,
+    text_encoder_2=_BIG_G,
+    unet=UNetConfig(sample_size=128, block_out_channels=(320, 640, 1280), attention_head_dim=(5, 10, 20),
+                    transformer_layers_per_block=(1, 2, 10), cross_attention_dim=2048, use_linear_projection=True,
+                    down_block_types=("DownBlock2D", "CrossAttnDownBlock2D", "CrossAttnDownBlock2D"),
+                    up_block_types=("CrossAttnUpBlock2D", "CrossAttnUpBlock2D", "UpBlock2D"),
+                    addition_embed_type="text_time", addition_time_embed_dim=256,
+                    projection_class_embeddings_input_dim=2816),
+    vae=_SDXL_VAE, scheduler=_SDXL_SCHEDULER)
+SDXL_REFINER = Preset(
+    name="sdxl-refiner",
+    text_encoder=None,
+    text_encoder_2=_BIG_G,
+    unet=UNetConfig(sample_size=128, block_out_channels=(384, 768, 1536, 1536), attention_head_dim=(6, 12, 24, 24),
+                    transformer_layers_per_block=4, cross_attention_dim=1280, use_linear_projection=True,
+                    down_block_types=("DownBlock2D", "CrossAttnDownBlock2D", "CrossAttnDownBlock2D", "DownBlock2D"),
+                    up_block_types=("UpBlock2D", "CrossAttnUpBlock2D", "CrossAttnUpBlock2D", "UpBlock2D"),
+                    addition_embed_type="text_time", addition_time_embed_dim=256,
+                    projection_class_embeddings_input_dim=2560),
+    vae=_SDXL_VAE, scheduler=_SDXL_SCHEDULER)
+PRESETS = {p.name: p for p in (SD15, SD21, SD21_BASE, TINY, SDXL, SDXL_REFINER)}

@@ -82,11 +82,11 @@ class Model:
 def load(settings: dict, *, outdir: str | Path | None, allow_pickle: bool = False, quiet: bool = True) -> Model:
     """The pipeline of `settings`' model keys, with its TAESD decoder, embeddings and LoRA folder."""
     from . import tiny
+    from .auto import load_pipeline
     from .lora import Library
-    from .pipeline import StableDiffusionPipeline
     from .weights import model_hash
     device, dtype = device_and_dtype(settings.get("device", "cpu"), settings.get("dtype", "float32"))
-    pipe = StableDiffusionPipeline.from_pretrained(
+    pipe = load_pipeline(
         settings["model"], torch_dtype=dtype, vae=settings.get("vae"), config=settings.get("config"),
         prediction_type=settings.get("prediction_type"), allow_pickle=allow_pickle).to(device)
     pipe.set_progress_bar_config(disable=quiet)

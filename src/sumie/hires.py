@@ -67,8 +67,8 @@ class Hires:
 
 def run(pipe, hires: Hires, *, width: int, height: int, steps: int, **kwargs) -> list[Image.Image]:
     """The hires-fixed images; kwargs: the text-to-image call's arguments (prompt, seed, ...)."""
+    from .auto import img2img
     from .img2img import steps_for
-    from .pipeline import StableDiffusionImg2ImgPipeline
     hires.check()
     w, h = hires.size(width, height)
     latents = pipe(num_inference_steps=steps, width=width, height=height, output_type="latent", **kwargs).images
@@ -89,5 +89,4 @@ def run(pipe, hires: Hires, *, width: int, height: int, steps: int, **kwargs) ->
     if hires.negative_prompt:
         second["negative_prompt"] = hires.negative_prompt if not isinstance(kwargs.get("negative_prompt"), list) \
             else [hires.negative_prompt] * len(init)
-    return StableDiffusionImg2ImgPipeline.from_pipe(pipe)(image=init, strength=kept, num_inference_steps=total,
-                                                          width=w, height=h, **second).images
+    return img2img(pipe)(image=init, strength=kept, num_inference_steps=total, width=w, height=h, **second).images

@@ -246,7 +246,7 @@ def nothing_to_repaint(job: Img2Img) -> bool:
 def run(pipe, images: list[Image.Image], job: Img2Img, *, width: int, height: int, steps: int,
         **kwargs) -> list[Image.Image]:
     """The job's result images (the pipeline's call arguments in kwargs: prompt, seed, ...)."""
-    from .pipeline import StableDiffusionImg2ImgPipeline, StableDiffusionInpaintPipeline
+    from . import auto
     job.check()
     prepared = prepare(images, job, width, height)
     n = len(kwargs["prompt"]) if isinstance(kwargs.get("prompt"), list) else 1
@@ -255,9 +255,8 @@ def run(pipe, images: list[Image.Image], job: Img2Img, *, width: int, height: in
     total, strength = steps_for(job.strength, steps, job.exact_steps)
     common = dict(image=prepared.images, strength=strength, num_inference_steps=total, width=width, height=height)
     if prepared.mask is None:
-        out = StableDiffusionImg2ImgPipeline.from_pipe(pipe)(**common, **kwargs)
+        out = auto.img2img(pipe)(**common, **kwargs)
     else:
         content = {2: "latent-noise", 3: "latent-nothing"}.get(job.inpainting_fill, "original")
-        out = StableDiffusionInpaintPipeline.from_pipe(pipe)(**common, mask_image=prepared.mask,
-                                                              masked_content=content, **kwargs)
+        out = auto.inpainting(pipe)(**common, mask_image=prepared.mask, masked_content=content, **kwargs)
     return [prepared.finish(im, k) for k, im in enumerate(out.images)]

@@ -62,7 +62,7 @@ def warn_unsupported(given: dict, known: dict, where: str) -> None:
 
 GENERATE_ARGS = ("prompt", "negative_prompt", "num_inference_steps", "guidance_scale", "height", "width",
                  "num_images_per_prompt", "generator", "seed", "scheduler", "karras", "output_type",
-                 "callback_on_step_end", "latents", "prompt_syntax", "clip_skip", "emphasis", "_init")
+                 "callback_on_step_end", "latents", "prompt_syntax", "clip_skip", "emphasis", "_init", "_end")
 
 
 class _Interrupted(Exception):
@@ -80,6 +80,7 @@ class Init:
     mask: object = None
     masked_latents: torch.Tensor | None = None
     masked_content: str = "original"  # or A1111's "latent-noise" / "latent-nothing" (see _inpaint_start)
+    denoising_start: float | None = None  # SDXL's refiner: from this fraction of the schedule, latents not re-noised
 
 
 @dataclass
@@ -119,9 +120,24 @@ class StableDiffusionPipeline:
                         **diffusers_only) -> "StableDiffusionPipeline":
         """Load a diffusers folder, a model id from the local Hugging Face cache, or a single-file
         checkpoint (see `weights.load_model`). The safety checker and feature extractor are not used."""
+        return cls._from_components(cls.load_components(
+            path, torch_dtype, variant, device, revision=revision, vae=vae, config=config,
+            prediction_type=prediction_type, allow_pickle=allow_pickle, **diffusers_only))
+
+    @staticmethod
+    def load_components(path: str | Path, torch_dtype: torch.dtype | None = None, variant: str | None = None,
+                        device: str | torch.device = "cpu", *, revision: str | None = None, vae=None, config=None,
+                        prediction_type: str | None = None, allow_pickle: bool = False, **diffusers_only):
+        """from_pretrained's loading, before a pipeline class is chosen (see `sumie.auto`)."""
         warn_unsupported(diffusers_only, DIFFUSERS_LOAD_ARGS, "from_pretrained")
-        parts = load_model(path, dtype=torch_dtype, device=device, variant=variant, revision=revision, vae=vae,
-                           config=config, prediction_type=prediction_type, allow_pickle=allow_pickle)
+        return load_model(path, dtype=torch_dtype, device=device, variant=variant, revision=revision, vae=vae,
+                          config=config, prediction_type=prediction_type, allow_pickle=allow_pickle)
+
+    @classmethod
+    def _from_components(cls, parts) -> "StableDiffusionPipeline":
+        if parts.is_xl:
+            raise InputError(f"{parts.source} is an SDXL model; load it with sumie.StableDiffusionXLPipeline "
+                             f"(or sumie.auto.load_pipeline, which picks the class)")
         return cls(vae=parts.vae, text_encoder=parts.text_encoder, tokenizer=parts.tokenizer, unet=parts.unet,
                    scheduler=Scheduler.from_folder_config(parts.scheduler_config, source=str(parts.source)),
                    source=parts.source)
@@ -151,10 +167,15 @@ class StableDiffusionPipeline:
         return FrozenConfig(_class_name=type(self).__name__, _name_or_path=str(self.source or ""),
                             scheduler=self.scheduler.config._class_name)
 
+    @property
+    def _networks(self) -> list[torch.nn.Module]:
+        """The text encoder(s), the UNet and the VAE."""
+        return [self.text_encoder, self.unet, self.vae]
+
     def to(self, device=None, dtype: torch.dtype | None = None) -> "StableDiffusionPipeline":
         if isinstance(device, torch.dtype):
             device, dtype = None, device
-        for m in (self.vae, self.text_encoder, self.unet):
+        for m in self._networks:
             m.to(device=device, dtype=dtype)
         return self
 
@@ -202,12 +223,12 @@ class StableDiffusionPipeline:
         and back after it. The least device memory (one layer's weights), and the slowest."""
         self._offload = Offload(device, sequential=True)
         self.to("cpu")
-        self._offload.hook([self.text_encoder, self.unet, self.vae])
+        self._offload.hook(self._networks)
 
     def compile(self, backend: str | None = None, **options) -> "StableDiffusionPipeline":
         """The fast path (`speed.compile`): "pack" on CPU, every network's weights kept packed; "inductor"
         elsewhere, torch.compile of the UNet with `options`."""
-        self._compiled = compile_networks([self.text_encoder, self.unet, self.vae], self.unet, self.execution_device,
+        self._compiled = compile_networks(self._networks, self.unet, self.execution_device,
                                           backend, **options)
         return self
 
@@ -322,12 +343,12 @@ class StableDiffusionPipeline:
                  scheduler: str | None = None, karras: bool | None = None, output_type: str = "pil",
                  callback_on_step_end=None, latents: torch.Tensor | None = None, prompt_syntax: str = "plain",
                  clip_skip: int | None = None, emphasis: str = "original", cross_attention_kwargs: dict | None = None,
-                 _init: tuple | None = None, **diffusers_only) -> PipelineOutput:
+                 _init: tuple | None = None, _end: float | None = None, **diffusers_only) -> PipelineOutput:
         """diffusers' arguments, and: `seed` (image i uses seed + i), `scheduler` (a sampler id), `karras`,
         `prompt_syntax` ("plain": diffusers' reading; "a1111": emphasis, long prompts, BREAK, prompt editing;
         see `sumie.prompts`), `clip_skip` (diffusers' meaning) and `emphasis` ("original" or "none").
         cross_attention_kwargs={"scale": s} applies the LoRAs at scale s for this call. (`_init`: img2img's
-        `Init`, given by the img2img and inpainting pipelines.)"""
+        `Init`, given by the img2img and inpainting pipelines; `_end`: SDXL's denoising_end.)"""
         extra = dict(cross_attention_kwargs or {})
         scale = extra.pop("scale", None)
         warn_unsupported({**diffusers_only, **({"cross_attention_kwargs": extra} if extra else {})},
@@ -353,7 +374,7 @@ class StableDiffusionPipeline:
 
     def _generate(self, *, prompt, negative_prompt, num_inference_steps, guidance_scale, height, width,
                   num_images_per_prompt, generator, seed, scheduler, karras, output_type, callback_on_step_end,
-                  latents, prompt_syntax, clip_skip, emphasis, _init) -> PipelineOutput:
+                  latents, prompt_syntax, clip_skip, emphasis, _init, _end) -> PipelineOutput:
         syntax.check_options(prompt_syntax, emphasis, clip_skip)
         prompts = [prompt] if isinstance(prompt, str) else list(prompt)
         negatives = self._negatives(negative_prompt, prompts)
@@ -373,8 +394,11 @@ class StableDiffusionPipeline:
                     output_type)
         sampling = Sampling.create(scheduler or self.scheduler.sampler_id, self.scheduler._raw, num_inference_steps,
                                    karras=self.scheduler.karras if karras is None else karras)
-        if init is not None:  # img2img runs the last strength * steps steps
+        if init is not None and _init.denoising_start is not None:  # SDXL's refiner: the steps after the base's
+            sampling = sampling.from_denoising_start(_init.denoising_start)
+        elif init is not None:  # img2img runs the last strength * steps steps
             sampling = sampling.from_strength(_init.strength, exact_plms=self.exact_plms)
+        stop_after = None if _end is None else sampling.steps_until(_end)
         batch = len(prompts) * num_images_per_prompt
         if seed is not None:
             generator = [torch.Generator("cpu").manual_seed(seed + i) for i in range(batch)]
@@ -408,7 +432,9 @@ class StableDiffusionPipeline:
         elif mask is None:
             x0 = init.float().to(self.execution_device).repeat(batch // len(init), 1, 1, 1) if given_latents \
                 else self._encode_images(init, generator, batch)
-            x = sampling.noised(x0, randn(shape, generator, "cpu").to(x0.device))
+            if _init.denoising_start is None:
+                x0 = sampling.noised(x0, randn(shape, generator, "cpu").to(x0.device))
+            x = x0
         else:
             x, between, extra = self._inpaint_start(init, mask, _init, sampling, generator, shape)
 
@@ -420,14 +446,14 @@ class StableDiffusionPipeline:
             x_in, t = x_in.to(self.dtype), torch.as_tensor(t, device=x_in.device)  # a tensor t: no recompiles
             if extra is not None:
                 x_in = torch.cat([x_in, extra[rows.start:rows.stop].to(x_in)], 1)
-            context = [syntax.at_call(cond[i], call) for i in rows]
+            texts = [syntax.at_call(cond[i], call) for i in rows]
             if guided:  # the negative prompts first, then the prompts: (2b, 77 * k, D)
-                context = [syntax.at_call(uncond[i], call) for i in rows] + context
-            context = torch.cat(syntax.pad_to_same_length(context, lambda: encode_negative("")))
+                texts = [syntax.at_call(uncond[i], call) for i in rows] + texts
+            conditioning = self._unet_inputs(texts, guided, lambda: encode_negative(""), x_in, rows, batch)
             # a copy in float32: CUDA graphs (compile() on a GPU) overwrite their output at the next call
             if not guided:
-                return unet(x_in, t, encoder_hidden_states=context).to(torch.float32, copy=True)
-            out_uncond, out_cond = unet(torch.cat([x_in, x_in]), t, encoder_hidden_states=context).to(
+                return unet(x_in, t, **conditioning).to(torch.float32, copy=True)
+            out_uncond, out_cond = unet(torch.cat([x_in, x_in]), t, **conditioning).to(
                 torch.float32, copy=True).chunk(2)
             return out_uncond + guidance_scale * (out_cond - out_uncond)
 
@@ -440,10 +466,17 @@ class StableDiffusionPipeline:
             call += 1
             return out
 
-        x = self._sample(sampling, x, model, generator, callback_on_step_end, between)
+        x = self._sample(sampling, x, model, generator, callback_on_step_end, between, stop_after)
 
         # 4. Decode the latents to images
         return PipelineOutput(self.output(x, output_type))
+
+    def _unet_inputs(self, texts: list[torch.Tensor], guided: bool, empty, x: torch.Tensor, rows: range,
+                     batch: int) -> dict:
+        """The UNet's text conditioning for one call: `texts` (1, 77 * k_i, D) each, the negative ones first when
+        `guided`, padded with the empty prompt's chunk (`empty()`) to one length. (SDXL adds its pooled text and
+        sizes, which need `x`, the (b, C, h, w) latents of images `rows` of `batch`.)"""
+        return {"encoder_hidden_states": torch.cat(syntax.pad_to_same_length(texts, empty))}
 
     @torch.no_grad()
     def output(self, latents: torch.Tensor, output_type: str = "pil"):
@@ -522,8 +555,9 @@ class StableDiffusionPipeline:
         return self.execution_device.type == "cpu" if self.batch_invariant is None else self.batch_invariant
 
     def _sample(self, sampling: Sampling, x: torch.Tensor, model, generator, callback_on_step_end,
-                between=None) -> torch.Tensor:
-        """Run the sampler from `x` with a progress bar, the step callback, and interruption."""
+                between=None, stop_after: int | None = None) -> torch.Tensor:
+        """Run the sampler from `x` with a progress bar, the step callback, and interruption (also after
+        `stop_after` steps, which returns the latents reached: SDXL's denoising_end)."""
         bar = tqdm(total=len(sampling.schedule), **{"disable": False, **self._progress})
         self._interrupt = False
 
@@ -532,7 +566,7 @@ class StableDiffusionPipeline:
                 bar.update(1)
             if callback_on_step_end is not None:
                 callback_on_step_end(self, i, t, {"latents": latents})
-            if self.interrupt:
+            if self.interrupt or (stop_after is not None and i + 1 >= stop_after):
                 raise _Interrupted(latents)
 
         noise = lambda like: randn(like.shape, generator, like.device)

@@ -311,11 +311,10 @@ def plain_chunk(tokenizer, prompt: str, embeddings=None) -> Chunk:
 # ---------------------------------------------------------------------------------------------------
 # Encoding
 # ---------------------------------------------------------------------------------------------------
-def encode_chunk(text_encoder, tokenizer, chunk: Chunk, *, clip_skip: int | None, emphasis: str) -> torch.Tensor:
-    """One chunk -> (1, 77, D): hidden states `clip_skip` layers before the last, then the final layer norm
-    (diffusers' clip_skip; A1111's "Clip skip: n" is clip_skip = n - 1), weighted with A1111's "Original"
-    emphasis: z * weights, rescaled so its mean is the unweighted mean. After its first EOS the tokens are the
-    tokenizer's padding (SD 2's "!")."""
+def run_chunk(text_encoder, tokenizer, chunk: Chunk, *, hidden_states: bool = True):
+    """One chunk through `text_encoder` -> its output (`text_encoder.TextEncoderOutput`). After the first EOS
+    the tokens are the tokenizer's padding (SD 2's and SDXL bigG's "!"); an embedding's vectors replace the
+    token embeddings at their offsets."""
     tokens = list(chunk.tokens)
     first_eos = tokens.index(tokenizer.eos_token_id, 1)
     tokens[first_eos + 1:] = [tokenizer.pad_token_id] * (len(tokens) - first_eos - 1)
@@ -326,14 +325,32 @@ def encode_chunk(text_encoder, tokenizer, chunk: Chunk, *, clip_skip: int | None
         inputs_embeds = text_encoder.embeddings.token_embedding(ids).clone()  # (1, 77, D)
         for offset, vectors in chunk.vectors:
             inputs_embeds[0, offset:offset + len(vectors)] = vectors.to(inputs_embeds)
-    out = text_encoder(ids, output_hidden_states=bool(clip_skip), inputs_embeds=inputs_embeds)
-    z = out.last_hidden_state if not clip_skip else text_encoder.final_layer_norm(out.hidden_states[-(clip_skip + 1)])
+    return text_encoder(ids, output_hidden_states=hidden_states, inputs_embeds=inputs_embeds)
+
+
+def emphasize(z: torch.Tensor, chunk: Chunk, emphasis: str) -> torch.Tensor:
+    """(1, 77, D) hidden states weighted with A1111's "Original" emphasis: z * weights, rescaled so its mean is
+    the unweighted mean."""
     if emphasis == "none" or all(w == 1.0 for w in chunk.weights):
         return z
     weights = torch.tensor(chunk.weights, dtype=z.dtype, device=z.device)[None, :, None]  # (1, 77, 1)
     mean = z.mean()
     z = z * weights
     return z * (mean / z.mean())
+
+
+def encode_chunk(text_encoder, tokenizer, chunk: Chunk, *, clip_skip: int | None, emphasis: str) -> torch.Tensor:
+    """One chunk -> (1, 77, D): hidden states `clip_skip` layers before the last, then the final layer norm
+    (diffusers' clip_skip; A1111's "Clip skip: n" is clip_skip = n - 1), with the chunk's emphasis."""
+    out = run_chunk(text_encoder, tokenizer, chunk, hidden_states=bool(clip_skip))
+    z = out.last_hidden_state if not clip_skip else text_encoder.final_layer_norm(out.hidden_states[-(clip_skip + 1)])
+    return emphasize(z, chunk, emphasis)
+
+
+def chunks_of(tokenizer, prompt: str, syntax: str, embeddings=None) -> list[Chunk]:
+    """A prompt's chunks as `syntax` reads it: "plain", one chunk cut at 77 tokens; "a1111", chunks of 75."""
+    return [plain_chunk(tokenizer, prompt, embeddings)] if syntax == "plain" else \
+        chunks(tokenizer, parse_attention(prompt), embeddings)
 
 
 def check_options(prompt_syntax: str, emphasis: str, clip_skip) -> None:
@@ -349,10 +366,8 @@ def check_options(prompt_syntax: str, emphasis: str, clip_skip) -> None:
 def encode(text_encoder, tokenizer, prompt: str, *, syntax: str, clip_skip: int | None, emphasis: str,
            embeddings=None) -> torch.Tensor:
     """One prompt's text (one step's, for prompt editing) -> (1, 77 * k, D), its chunks side by side."""
-    parts = [plain_chunk(tokenizer, prompt, embeddings)] if syntax == "plain" else \
-        chunks(tokenizer, parse_attention(prompt), embeddings)
     return torch.cat([encode_chunk(text_encoder, tokenizer, c, clip_skip=clip_skip, emphasis=emphasis)
-                      for c in parts], dim=1)
+                      for c in chunks_of(tokenizer, prompt, syntax, embeddings)], dim=1)
 
 
 def steps_of(prompt: str, steps: int, syntax: str) -> list[tuple[int, str]]:

@@ -1,8 +1,10 @@
 """CLIP text transformer (Radford et al. 2021, sec. 2.4): token ids -> per-token embeddings.
 
 SD 1.x uses OpenAI's ViT-L/14 text tower (12 layers, width 768, quick_gelu); SD 2.x uses
-OpenCLIP ViT-H/14's (23 of 24 layers kept, width 1024, gelu). Parameter names are those of
-transformers' `CLIPTextModel`, so `text_encoder/` folders load unchanged.
+OpenCLIP ViT-H/14's (23 of 24 layers kept, width 1024, gelu); SDXL uses ViT-L beside OpenCLIP
+ViT-bigG/14's (32 layers, width 1280, gelu), whose pooled output is projected
+(`CLIPTextModelWithProjection`). Parameter names are those of transformers' classes, so
+`text_encoder/` and `text_encoder_2/` folders load unchanged.
 """
 
 from __future__ import annotations
@@ -21,8 +23,11 @@ class TextEncoderOutput:
     last_hidden_state: torch.Tensor  # (B, T, D), after the final layer norm
     pooler_output: torch.Tensor  # (B, D), at each sequence's EOS token
     hidden_states: tuple[torch.Tensor, ...] | None  # embeddings, then each layer's output (before final norm)
+    text_embeds: torch.Tensor | None = None  # (B, projection_dim): the pooled output projected (WithProjection)
 
-    def __getitem__(self, i):  # `text_encoder(ids)[0]`, as with transformers
+    def __getitem__(self, i):  # `text_encoder(ids)[0]`, as with transformers (text_embeds first when projected)
+        if self.text_embeds is not None:
+            return (self.text_embeds, self.last_hidden_state, self.hidden_states)[i]
         return (self.last_hidden_state, self.pooler_output, self.hidden_states)[i]
 
 
@@ -118,3 +123,18 @@ class CLIPTextModel(nn.Module):
         if self.config.eos_token_id == 2:
             return ids.argmax(dim=-1)
         return (ids == self.config.eos_token_id).int().argmax(dim=-1)
+
+
+class CLIPTextModelWithProjection(CLIPTextModel):
+    """The text tower with CLIP's final projection of the pooled output (Radford et al. 2021, fig. 3's W_t):
+    SDXL's second encoder, whose `text_embeds` (B, projection_dim) condition the UNet beside the tokens."""
+
+    def __init__(self, config: TextEncoderConfig):
+        super().__init__(config)
+        self.text_projection = nn.Linear(config.hidden_size, config.projection_dim, bias=False)
+
+    def forward(self, input_ids: torch.Tensor, output_hidden_states: bool = False,
+                inputs_embeds: torch.Tensor | None = None) -> TextEncoderOutput:
+        out = super().forward(input_ids, output_hidden_states, inputs_embeds)
+        out.text_embeds = self.text_projection(out.pooler_output)
+        return out

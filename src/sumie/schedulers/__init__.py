@@ -65,6 +65,28 @@ class Sampling:
                                     sigmas=torch.cat([s.sigmas[1:2], s.sigmas[1:]]))
         return dataclasses.replace(self, schedule=dataclasses.replace(s, repeat_warmup=False))
 
+    def _cutoff(self, fraction: float) -> int:
+        """diffusers' discrete_timestep_cutoff: the training timestep below which the last `1 - fraction` of the
+        denoising lies (SDXL's ensemble of experts, Podell et al. 2023, sec. 2.5: base above it, refiner below)."""
+        if not isinstance(fraction, (int, float)) or not 0 < fraction < 1:
+            raise InputError(f"denoising_start and denoising_end must be between 0 and 1 (got {fraction!r})")
+        if SAMPLERS[self.sampler_id].order != 1:
+            raise InputError(f"denoising_start and denoising_end need a sampler with one model call per step, "
+                             f"not {self.sampler_id}")
+        n = self.config.num_train_timesteps
+        return int(round(n - fraction * n))
+
+    def steps_until(self, denoising_end: float) -> int:
+        """The number of steps at timesteps at or above the cutoff (diffusers' denoising_end)."""
+        return int((self.schedule.timesteps >= self._cutoff(denoising_end)).sum())
+
+    def from_denoising_start(self, denoising_start: float) -> "Sampling":
+        """The steps at timesteps below the cutoff (diffusers' img2img with denoising_start)."""
+        kept = int((self.schedule.timesteps < self._cutoff(denoising_start)).sum())
+        if kept == 0:
+            raise InputError(f"denoising_start {denoising_start} leaves no steps of {len(self.schedule)}")
+        return dataclasses.replace(self, schedule=self.schedule.after(len(self.schedule) - kept))
+
     def noised(self, x0: torch.Tensor, noise: torch.Tensor) -> torch.Tensor:
         """A clean latent noised to the schedule's first level, in the sampler's own space (diffusers'
         scheduler.add_noise): x0 + sigma * noise, divided by sqrt(1 + sigma^2) for the VP samplers."""

@@ -12,6 +12,7 @@ from fastapi.responses import HTMLResponse
 from .. import __version__, tiny
 from ..errors import SumieError
 from ..lora import Library
+from ..auto import load_pipeline
 from ..pipeline import StableDiffusionPipeline
 from ..styles import read_styles
 from ..weights import load_tiny_vae
@@ -65,7 +66,7 @@ def serve(model: str, *, host: str = "127.0.0.1", port: int = 7860, outdir: str 
     tiny_vae = load_tiny_vae(preview_vae).to(device) if preview_vae is not None else None
 
     def load(path: str) -> StableDiffusionPipeline:
-        pipe = StableDiffusionPipeline.from_pretrained(path, allow_pickle=False).to(device)
+        pipe = load_pipeline(path, allow_pickle=False).to(device)
         pipe.set_progress_bar_config(disable=True)
         if embeddings is not None:
             pipe.embeddings.load_dir(embeddings, allow_pickle=allow_pickle)

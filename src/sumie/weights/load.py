@@ -9,7 +9,7 @@ parameter filled; anything else is one WeightsError that lists the offending key
 from __future__ import annotations
 
 import os
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import torch
@@ -19,7 +19,7 @@ from .. import tiny
 from ..config import SD15, SD21, SD21_BASE, TextEncoderConfig, TinyVAEConfig, UNetConfig, VAEConfig, read_json
 from ..errors import WeightsError
 from ..taesd import TinyAutoencoder
-from ..text_encoder import CLIPTextModel
+from ..text_encoder import CLIPTextModel, CLIPTextModelWithProjection
 from ..tokenizer import CLIPTokenizer
 from ..unet import UNet2DConditionModel
 from ..vae import AutoencoderKL
@@ -72,6 +72,7 @@ def strip_text_model(state: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
 # Component subfolders of a diffusers model folder: model class, config class, weight file stem, key rename.
 COMPONENTS = {
     "text_encoder": (CLIPTextModel, TextEncoderConfig, "model", strip_text_model),
+    "text_encoder_2": (CLIPTextModelWithProjection, TextEncoderConfig, "model", strip_text_model),  # SDXL's bigG
     "unet": (UNet2DConditionModel, UNetConfig, "diffusion_pytorch_model", lambda state: state),
     "vae": (AutoencoderKL, VAEConfig, "diffusion_pytorch_model", lambda state: state),
 }
@@ -88,7 +89,7 @@ def load_component(folder: str | Path, name: str, *, dtype=None, device="cpu", v
 
 
 def load_component_dir(sub: Path, kind: str, *, dtype=None, device="cpu", variant=None, model_cls=None):
-    """Load one component folder (config.json + weights) of `kind` text_encoder / unet / vae."""
+    """Load one component folder (config.json + weights) of `kind` text_encoder(_2) / unet / vae."""
     default_cls, config_cls, stem, rename = COMPONENTS[kind]
     if not sub.is_dir():
         raise WeightsError(f"{sub} is not a folder; expected a {kind} folder with config.json and weights")
@@ -99,14 +100,23 @@ def load_component_dir(sub: Path, kind: str, *, dtype=None, device="cpu", varian
 
 @dataclass
 class Components:
-    """The parts of a Stable Diffusion model, as loaded from one folder or file."""
+    """The parts of a Stable Diffusion model, as loaded from one folder or file. SDXL adds a second text encoder
+    and tokenizer (its refiner has only those: `text_encoder` and `tokenizer` None) and `options`, the flags of
+    its model_index.json (`force_zeros_for_empty_prompt`, `requires_aesthetics_score`)."""
 
-    tokenizer: CLIPTokenizer
-    text_encoder: nn.Module
+    tokenizer: CLIPTokenizer | None
+    text_encoder: nn.Module | None
     unet: nn.Module
     vae: nn.Module
     scheduler_config: dict
     source: Path
+    text_encoder_2: nn.Module | None = None
+    tokenizer_2: CLIPTokenizer | None = None
+    options: dict = field(default_factory=dict)
+
+    @property
+    def is_xl(self) -> bool:
+        return self.text_encoder_2 is not None
 
 
 def load_folder(folder: str | Path, *, dtype=None, device="cpu", variant: str | None = None) -> Components:
@@ -118,14 +128,19 @@ def load_folder(folder: str | Path, *, dtype=None, device="cpu", variant: str | 
         raise WeightsError(f"{folder} is a file; expected a diffusers model folder (with model_index.json)")
     if not (folder / "model_index.json").is_file():
         raise WeightsError(f"{folder} is not a diffusers model folder: it has no model_index.json")
-    read_json(folder / "model_index.json")
+    index = read_json(folder / "model_index.json")
     if not (folder / "scheduler").is_dir():
         raise WeightsError(f"{folder} has no scheduler/ subfolder")
-    models = {name: load_component(folder, name, dtype=dtype, device=device, variant=variant)
-              for name in ("text_encoder", "unet", "vae")}
-    return Components(tokenizer=CLIPTokenizer.from_folder(folder / "tokenizer"),
-                      scheduler_config=read_json(folder / "scheduler" / "scheduler_config.json"),
-                      source=folder, **models)
+    # SDXL names text_encoder_2 and tokenizer_2; its refiner lists text_encoder and tokenizer as [null, null]
+    absent = lambda name: name not in index if name.endswith("_2") else index.get(name, [0])[0] is None
+    load = lambda name: None if absent(name) else load_component(folder, name, dtype=dtype, device=device,
+                                                                 variant=variant)
+    tokenizer = lambda name: None if absent(name) else CLIPTokenizer.from_folder(folder / name)
+    return Components(tokenizer=tokenizer("tokenizer"), text_encoder=load("text_encoder"), unet=load("unet"),
+                      vae=load("vae"), text_encoder_2=load("text_encoder_2"), tokenizer_2=tokenizer("tokenizer_2"),
+                      scheduler_config=read_json(folder / "scheduler" / "scheduler_config.json"), source=folder,
+                      options={k: index[k] for k in ("force_zeros_for_empty_prompt", "requires_aesthetics_score")
+                               if k in index})
 
 
 def load_single_file(path: str | Path, *, dtype=None, device="cpu", allow_pickle: bool = False,

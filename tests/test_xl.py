@@ -1,0 +1,261 @@
+"""SDXL (`xl`, and the SDXL options of `unet`, `text_encoder`, `config`): networks and images equal
+diffusers' / transformers' on small random SDXL-shaped folders written by the oracles, the presets equal the
+published configs, and the full-size architectures' parameters equal the oracles'."""
+
+import numpy as np
+import pytest
+import torch
+
+from oracle import TOL, max_diff, published, shapes, write_xl_folder
+from sumie.config import PRESETS, SDXL, SDXL_REFINER, TextEncoderConfig, UNetConfig, VAEConfig
+from sumie.errors import InputError
+from sumie.pipeline import StableDiffusionPipeline
+from sumie.xl import StableDiffusionXLPipeline
+
+
+@pytest.fixture(scope="module")
+def xl_folder(tmp_path_factory):
+    return write_xl_folder(tmp_path_factory.mktemp("sdxl"), seed=20)
+
+
+@pytest.fixture(scope="module")
+def refiner_folder(tmp_path_factory):
+    return write_xl_folder(tmp_path_factory.mktemp("sdxl-refiner"), seed=30, refiner=True)
+
+
+@pytest.mark.parametrize("preset", [SDXL, SDXL_REFINER], ids=lambda p: p.name)
+def test_the_sdxl_presets_are_the_published_configs(preset):
+    for component, cls in (("unet", UNetConfig), ("vae", VAEConfig), ("text_encoder_2", TextEncoderConfig)):
+        assert getattr(preset, component) == cls.from_dict(published(f"{preset.name}_{component}")), component
+    if preset.text_encoder is not None:
+        assert preset.text_encoder == TextEncoderConfig.from_dict(published("sdxl_text_encoder"))
+    scheduler = published(f"{preset.name}_scheduler")
+    assert {k: scheduler.get(k) for k in preset.scheduler} == dict(preset.scheduler)
+    assert PRESETS[preset.name] is preset
+
+
+@pytest.mark.parametrize("preset", [SDXL, SDXL_REFINER], ids=lambda p: p.name)
+def test_full_size_parameters_equal_the_oracles(preset):
+    import diffusers
+    import transformers
+
+    from sumie.text_encoder import CLIPTextModelWithProjection
+    from sumie.unet import UNet2DConditionModel
+    with torch.device("meta"):
+        ours = UNet2DConditionModel(preset.unet)
+        theirs = diffusers.UNet2DConditionModel.from_config(published(f"{preset.name}_unet"))
+        assert shapes(ours) == shapes(theirs)
+        ours = CLIPTextModelWithProjection(preset.text_encoder_2)
+        theirs = transformers.CLIPTextModelWithProjection(
+            transformers.CLIPTextConfig(**published(f"{preset.name}_text_encoder_2")))
+        assert shapes(ours) == shapes(theirs)
+
+
+def test_unet_equals_diffusers(xl_folder):
+    from diffusers import UNet2DConditionModel as Theirs
+
+    from sumie.weights import load_component
+    ours, theirs = load_component(xl_folder, "unet"), Theirs.from_pretrained(xl_folder, subfolder="unet").eval()
+    g = torch.Generator().manual_seed(0)
+    x, ctx = torch.randn(2, 4, 12, 10, generator=g), torch.randn(2, 9, 64, generator=g)
+    cond = {"text_embeds": torch.randn(2, 24, generator=g), "time_ids": torch.tensor([[64., 48, 0, 8, 96, 80]] * 2)}
+    with torch.no_grad():
+        a = ours(x, torch.tensor([10, 900]), ctx, added_cond_kwargs=cond)
+        b = theirs(x, torch.tensor([10, 900]), ctx, added_cond_kwargs=cond).sample
+        other = ours(x, torch.tensor([10, 900]), ctx, added_cond_kwargs={**cond, "time_ids": cond["time_ids"] + 16})
+    assert max_diff(a, b) < TOL
+    assert max_diff(a, other) > 100 * TOL  # the sizes reach the output
+    with pytest.raises(ValueError, match="added_cond_kwargs"):
+        ours(x, 10, ctx)
+
+
+def test_text_encoder_with_projection_equals_transformers(xl_folder):
+    from transformers import CLIPTextModelWithProjection as Theirs
+
+    from sumie.weights import load_component
+    ours = load_component(xl_folder, "text_encoder_2")
+    theirs = Theirs.from_pretrained(xl_folder, subfolder="text_encoder_2").eval()
+    ids = torch.tensor([[49406, 320, 1125, 49407] + [0] * 73, [49406, 2368, 49407] + [0] * 74])
+    with torch.no_grad():
+        a, b = ours(ids, output_hidden_states=True), theirs(ids, output_hidden_states=True)
+    assert max_diff(a.text_embeds, b.text_embeds) < TOL and a.text_embeds.shape == (2, 24)
+    assert max_diff(a[0], b[0]) < TOL  # transformers' order: text_embeds first
+    assert max_diff(a.hidden_states[-2], b.hidden_states[-2]) < TOL
+
+
+CASES = [
+    ("euler", dict(prompt="a red circle", num_inference_steps=4, height=64, width=64)),
+    ("dpm++2m", dict(prompt=["a cat", "a dog"], negative_prompt=["blurry", "dark"], num_inference_steps=4,
+                     height=48, width=80, karras=True)),
+    ("ddim", dict(prompt="sizes", prompt_2="another text for bigG", num_images_per_prompt=2, num_inference_steps=3,
+                  height=64, width=48, original_size=(512, 384), crops_coords_top_left=(16, 32),
+                  target_size=(256, 192), negative_original_size=(128, 128), negative_target_size=(64, 64),
+                  negative_prompt="ugly", negative_prompt_2="bad")),
+]
+
+
+@pytest.mark.parametrize("sampler_id,kwargs", CASES, ids=[c[0] for c in CASES])
+def test_images_equal_diffusers(xl_folder, sampler_id, kwargs):
+    pipe = StableDiffusionXLPipeline.from_pretrained(xl_folder)
+    pipe.set_progress_bar_config(disable=True)
+    n = (1 if isinstance(kwargs["prompt"], str) else len(kwargs["prompt"])) * kwargs.get("num_images_per_prompt", 1)
+    theirs_kw = {k: v for k, v in kwargs.items() if k != "karras"}
+    sampler = sampler_id + (" karras" if kwargs.get("karras") else "")
+    ours = pipe(**kwargs, seed=100, scheduler=sampler_id, output_type="latent").images
+    theirs = _theirs(xl_folder, sampler, theirs_kw, n, "latent")
+    assert ours.shape == theirs.shape
+    assert max_diff(ours, theirs) < 1e-3, max_diff(ours, theirs)
+    images = pipe.output(ours, "np")
+    reference = pipe.output(theirs, "np")
+    assert np.abs(np.round(images * 255) - np.round(reference * 255)).max() <= 2
+    assert images.std() > 0.01
+
+
+def _theirs(folder, sampler, kwargs, n, output_type):
+    import diffusers
+
+    from sumie.schedulers import SAMPLERS
+    pipe = diffusers.StableDiffusionXLPipeline.from_pretrained(folder)
+    sampler_id, karras = sampler.split(" ")[0], sampler.endswith("karras")
+    cls = getattr(diffusers, SAMPLERS[sampler_id].diffusers)
+    pipe.scheduler = cls.from_config(pipe.scheduler.config, **({"use_karras_sigmas": True} if karras else {}))
+    pipe.set_progress_bar_config(disable=True)
+    return pipe(**kwargs, generator=[torch.Generator().manual_seed(100 + i) for i in range(n)],
+                output_type=output_type).images
+
+
+def test_micro_conditioning_and_second_prompt_change_the_latents(xl_folder):
+    """The end-to-end cases above could pass with an argument ignored if it barely moved the image: each does."""
+    pipe = StableDiffusionXLPipeline.from_pretrained(xl_folder)
+    pipe.set_progress_bar_config(disable=True)
+    kw = dict(prompt="x", num_inference_steps=2, height=32, width=32, seed=1, output_type="latent")
+    base = pipe(**kw).images
+    for extra in (dict(original_size=(64, 64)), dict(crops_coords_top_left=(8, 0)), dict(target_size=(16, 16)),
+                  dict(prompt_2="y"), dict(negative_prompt=""),
+                  dict(negative_original_size=(8, 8), negative_target_size=(8, 8))):
+        assert max_diff(pipe(**kw, **extra).images, base) > 1e-3, extra
+
+
+def test_encode_prompt_equals_diffusers(xl_folder):
+    import diffusers
+    ours = StableDiffusionXLPipeline.from_pretrained(xl_folder)
+    theirs = diffusers.StableDiffusionXLPipeline.from_pretrained(xl_folder)
+    for kw in (dict(prompt="a cat", negative_prompt="a dog", prompt_2="a bird"), dict(prompt="zeros")):
+        a = ours.encode_prompt(**kw)
+        b = theirs.encode_prompt(**kw, device="cpu", num_images_per_prompt=1, do_classifier_free_guidance=True)
+        for x, y in zip(a, b):
+            assert x.shape == y.shape and max_diff(x, y) < TOL
+    assert a[1].abs().max() == 0 and a[3].abs().max() == 0  # no negative prompt: zeros
+
+
+def test_wrong_pipeline_class_and_refiner_text_to_image_are_clear_errors(xl_folder, refiner_folder, sd1_folder):
+    with pytest.raises(InputError, match="is an SDXL model; load it with sumie.StableDiffusionXLPipeline"):
+        StableDiffusionPipeline.from_pretrained(xl_folder)
+    with pytest.raises(InputError, match="is not an SDXL model"):
+        StableDiffusionXLPipeline.from_pretrained(sd1_folder)
+    refiner = StableDiffusionXLPipeline.from_pretrained(refiner_folder)
+    assert refiner.text_encoder is None and refiner.requires_aesthetics_score
+    with pytest.raises(InputError, match="is an SDXL refiner, which only refines an image"):
+        refiner("x", num_inference_steps=1, height=32, width=32)
+    pipe = StableDiffusionXLPipeline.from_pretrained(xl_folder)
+    with pytest.raises(InputError, match="original_size must be two numbers"):
+        pipe("x", num_inference_steps=1, height=32, width=32, original_size=512)
+
+
+def test_paired_negative_sizes_fix_diffusers_batch_layout(xl_folder):
+    """diffusers gives alternate rows of a guided batch the other branch's sizes (see xl._unet_inputs): image 2
+    of a batch then differs from the same image made alone. paired_negative_sizes gives each branch its own."""
+    pipe = StableDiffusionXLPipeline.from_pretrained(xl_folder)
+    pipe.set_progress_bar_config(disable=True)
+    kw = dict(num_inference_steps=2, height=32, width=32, output_type="latent", negative_original_size=(8, 8),
+              negative_target_size=(8, 8))
+    alone = torch.cat([pipe("x", seed=seed, **kw).images for seed in (5, 6)])  # one image: its rows are right
+    batch = pipe("x", num_images_per_prompt=2, seed=5, **kw).images
+    assert max_diff(batch[0], alone[0]) > 1e-3 and max_diff(batch[1], alone[1]) > 1e-3  # diffusers' numbers
+    pipe.paired_negative_sizes = True
+    assert torch.equal(pipe("x", num_images_per_prompt=2, seed=5, **kw).images, alone)
+
+
+def _diffusers_pipe(cls, folder, sampler_id):
+    import diffusers
+
+    from sumie.schedulers import SAMPLERS
+    pipe = getattr(diffusers, cls).from_pretrained(folder)
+    pipe.scheduler = getattr(diffusers, SAMPLERS[sampler_id].diffusers).from_config(pipe.scheduler.config)
+    pipe.set_progress_bar_config(disable=True)
+    return pipe
+
+
+@pytest.mark.parametrize("sampler_id", ["euler", "dpm++2m"])
+def test_base_and_refiner_ensemble_equals_diffusers(xl_folder, refiner_folder, sampler_id):
+    from sumie.xl import StableDiffusionXLImg2ImgPipeline
+    kw = dict(prompt=["a castle", "a ship"], num_inference_steps=10, height=48, width=64)
+    base, refiner = (StableDiffusionXLPipeline.from_pretrained(xl_folder),
+                     StableDiffusionXLImg2ImgPipeline.from_pretrained(refiner_folder))
+    for p in (base, refiner):
+        p.set_progress_bar_config(disable=True)
+    latents = base(**kw, seed=3, scheduler=sampler_id, denoising_end=0.7, output_type="latent").images
+    ours = refiner(**kw, image=latents, seed=3, scheduler=sampler_id, denoising_start=0.7, output_type="latent",
+                   aesthetic_score=7.0).images
+    theirs_base = _diffusers_pipe("StableDiffusionXLPipeline", xl_folder, sampler_id)
+    theirs_refiner = _diffusers_pipe("StableDiffusionXLImg2ImgPipeline", refiner_folder, sampler_id)
+    gens = lambda: [torch.Generator().manual_seed(3 + i) for i in range(2)]
+    their_latents = theirs_base(**kw, generator=gens(), denoising_end=0.7, output_type="latent").images
+    assert max_diff(latents, their_latents) < 1e-3
+    theirs = theirs_refiner(**kw, image=their_latents, generator=gens(), denoising_start=0.7, output_type="latent",
+                            aesthetic_score=7.0).images
+    assert max_diff(ours, theirs) < 1e-3 * theirs.abs().max()  # float32 rounding: the refiner's latents reach 40
+    assert max_diff(ours, latents) > 0.1  # the refiner did something
+    a, b = refiner.output(ours, "np"), refiner.output(theirs, "np")
+    assert np.abs(np.round(a * 255) - np.round(b * 255)).max() <= 2
+
+
+def test_refiner_img2img_from_an_image_equals_diffusers(refiner_folder):
+    from PIL import Image
+
+    from sumie.xl import StableDiffusionXLImg2ImgPipeline
+    image = Image.fromarray(np.random.default_rng(0).integers(0, 255, (48, 40, 3), dtype=np.uint8))
+    kw = dict(prompt="a photo", image=image, strength=0.5, num_inference_steps=6, negative_prompt="bad",
+              original_size=(96, 80), negative_original_size=(40, 40), negative_aesthetic_score=1.0)
+    ours = StableDiffusionXLImg2ImgPipeline.from_pretrained(refiner_folder)
+    ours.set_progress_bar_config(disable=True)
+    a = ours(**kw, seed=9, scheduler="euler", output_type="np").images
+    theirs = _diffusers_pipe("StableDiffusionXLImg2ImgPipeline", refiner_folder, "euler")
+    b = theirs(**kw, generator=[torch.Generator().manual_seed(9)], output_type="np").images
+    assert a.shape == b.shape == (1, 48, 40, 3)
+    assert np.abs(np.round(a * 255) - np.round(b * 255)).max() <= 2
+
+
+def test_cli_generates_and_refines_with_sdxl(xl_folder, refiner_folder, tmp_path):
+    """`sumie generate` picks the SDXL pipelines from the folder: text to image (a real process), img2img on the
+    base and on the refiner, and refuses text to image on the refiner in one line."""
+    import subprocess
+    import sys
+
+    from cli_util import cli_in_process
+    from PIL import Image
+
+    from sumie.images import parse_parameters, read_parameters
+    out = tmp_path / "out"
+    args = ["generate", "a (red:1.3) circle", "--model", xl_folder, "--steps", 3, "--height", 32, "--width", 48,
+            "--seed", 4, "--guidance", 6, "--outdir", out, "--quiet"]
+    done = subprocess.run([sys.executable, "-m", "sumie.cli", *map(str, args)], capture_output=True, text=True,
+                          timeout=300)
+    assert done.returncode == 0, done.stderr
+    path = done.stdout.strip()
+    meta = parse_parameters(read_parameters(path))
+    assert (meta["Size"], meta["Seed"], meta["Steps"], meta["CFG scale"], meta["Sampler"]) == \
+        ("48x32", "4", "3", "6.0", "Euler")
+    pipe = StableDiffusionXLPipeline.from_pretrained(xl_folder)
+    pipe.set_progress_bar_config(disable=True)
+    expected = pipe("a (red:1.3) circle", seed=4, num_inference_steps=3, guidance_scale=6, height=32, width=48,
+                    prompt_syntax="a1111", output_type="np").images[0]
+    assert np.array_equal(np.asarray(Image.open(path)), np.round(expected * 255).astype(np.uint8))
+
+    for model in (xl_folder, refiner_folder):
+        code, stdout, stderr = cli_in_process("generate", "a ship", "--model", model, "--init-image", path,
+                                              "--strength", 0.6, "--steps", 4, "--seed", 1, "--outdir", out, "--quiet")
+        assert code == 0, stderr
+        assert Image.open(stdout.strip()).size == (48, 32)
+    code, _, stderr = cli_in_process("generate", "x", "--model", refiner_folder, "--steps", 1, "--outdir", out)
+    assert code == 2 and len(stderr.strip().splitlines()) == 1 and "is an SDXL refiner" in stderr
