@@ -154,7 +154,8 @@ def write_taesd(folder: Path, seed: int = 0):
     return model
 
 
-XL = dict(  # small SDXL-shaped networks: three levels, the top one without attention, 1 / 2 / 3 transformer blocks
+XL = dict(  # small SDXL-shaped networks: three levels, the top one without attention, 1 / 2 / 3 transformer blocks;
+    # the two encoders of different widths, as diffusers' single-file loader tells them apart by width
     unet=dict(block_out_channels=(32, 64, 64), layers_per_block=2, sample_size=16, in_channels=4, out_channels=4,
               down_block_types=("DownBlock2D", "CrossAttnDownBlock2D", "CrossAttnDownBlock2D"),
               up_block_types=("CrossAttnUpBlock2D", "CrossAttnUpBlock2D", "UpBlock2D"),
@@ -162,7 +163,7 @@ XL = dict(  # small SDXL-shaped networks: three levels, the top one without atte
               norm_num_groups=32, addition_embed_type="text_time", addition_time_embed_dim=8),
     text=dict(hidden_size=32, intermediate_size=37, num_attention_heads=4, num_hidden_layers=4, vocab_size=49408,
               max_position_embeddings=77, hidden_act="quick_gelu", bos_token_id=0, eos_token_id=2, projection_dim=32),
-    text_2=dict(hidden_size=32, intermediate_size=40, num_attention_heads=4, num_hidden_layers=5, vocab_size=49408,
+    text_2=dict(hidden_size=48, intermediate_size=40, num_attention_heads=4, num_hidden_layers=5, vocab_size=49408,
                 max_position_embeddings=77, hidden_act="gelu", bos_token_id=0, eos_token_id=2, projection_dim=24),
 )
 

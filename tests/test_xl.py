@@ -2,6 +2,8 @@
 diffusers' / transformers' on small random SDXL-shaped folders written by the oracles, the presets equal the
 published configs, and the full-size architectures' parameters equal the oracles'."""
 
+import json
+
 import numpy as np
 import pytest
 import torch
@@ -57,7 +59,7 @@ def test_unet_equals_diffusers(xl_folder):
     from sumie.weights import load_component
     ours, theirs = load_component(xl_folder, "unet"), Theirs.from_pretrained(xl_folder, subfolder="unet").eval()
     g = torch.Generator().manual_seed(0)
-    x, ctx = torch.randn(2, 4, 12, 10, generator=g), torch.randn(2, 9, 64, generator=g)
+    x, ctx = torch.randn(2, 4, 12, 10, generator=g), torch.randn(2, 9, 80, generator=g)
     cond = {"text_embeds": torch.randn(2, 24, generator=g), "time_ids": torch.tensor([[64., 48, 0, 8, 96, 80]] * 2)}
     with torch.no_grad():
         a = ours(x, torch.tensor([10, 900]), ctx, added_cond_kwargs=cond)
@@ -259,3 +261,70 @@ def test_cli_generates_and_refines_with_sdxl(xl_folder, refiner_folder, tmp_path
         assert Image.open(stdout.strip()).size == (48, 32)
     code, _, stderr = cli_in_process("generate", "x", "--model", refiner_folder, "--steps", 1, "--outdir", out)
     assert code == 2 and len(stderr.strip().splitlines()) == 1 and "is an SDXL refiner" in stderr
+
+
+@pytest.fixture(scope="module")
+def xl_files(xl_folder, refiner_folder, tmp_path_factory):
+    """The small base and refiner folders as original-layout single files, written by `sumie convert`."""
+    from sumie.weights import convert
+    out = tmp_path_factory.mktemp("xl-single")
+    return {"base": convert(xl_folder, out / "base.safetensors"),
+            "refiner": convert(refiner_folder, out / "refiner.safetensors")}
+
+
+def _states(parts) -> dict:
+    return {name: getattr(parts, name).state_dict() for name in ("unet", "vae", "text_encoder", "text_encoder_2")
+            if getattr(parts, name) is not None}
+
+
+@pytest.mark.parametrize("kind", ["base", "refiner"])
+def test_single_file_holds_the_folders_weights_as_diffusers_reads_them(kind, xl_folder, refiner_folder, xl_files):
+    """Our single file, read by diffusers' from_single_file, gives the folder's weights: its key names are the
+    published layout (label_emb, conditioner.embedders.N, bigG's transposed text_projection). Read by sumie, it
+    gives the folder's weights and images exactly."""
+    import diffusers
+
+    from sumie.weights import load_model
+    folder, single = {"base": xl_folder, "refiner": refiner_folder}[kind], xl_files[kind]
+    cls = "StableDiffusionXLPipeline" if kind == "base" else "StableDiffusionXLImg2ImgPipeline"
+    theirs = getattr(diffusers, cls).from_single_file(single, config=str(folder), local_files_only=True)
+    ours, from_folder = load_model(single, config=folder), load_model(folder)
+    assert ours.options == from_folder.options and ours.is_xl
+    for name, state in _states(from_folder).items():
+        reference = {k.removeprefix("text_model."): v for k, v in getattr(theirs, name).state_dict().items()
+                     if not k.endswith("position_ids")}
+        assert state.keys() == reference.keys() == _states(ours)[name].keys(), name
+        assert all(torch.equal(state[k], reference[k]) and torch.equal(state[k], _states(ours)[name][k])
+                   for k in state), name
+
+
+def test_single_file_images_and_round_trip(xl_folder, xl_files, tmp_path):
+    from sumie.weights import convert
+    kw = dict(prompt="a tree", num_inference_steps=2, height=32, width=32, seed=2, output_type="np")
+    images = [StableDiffusionXLPipeline.from_pretrained(src, **extra)(**kw).images
+              for src, extra in ((xl_folder, {}), (xl_files["base"], {"config": xl_folder}))]
+    assert np.array_equal(*images)
+    back = convert(xl_files["base"], tmp_path / "back", config=xl_folder)  # the file to a folder again
+    index = json.loads((back / "model_index.json").read_text())
+    assert index["_class_name"] == "StableDiffusionXLPipeline" and index["force_zeros_for_empty_prompt"] is True
+    assert np.array_equal(StableDiffusionXLPipeline.from_pretrained(back)(**kw).images, images[0])
+
+
+@pytest.mark.parametrize("preset", [SDXL, SDXL_REFINER], ids=lambda p: p.name)
+def test_full_size_architecture_is_read_from_a_single_files_shapes(preset):
+    """The published architectures, written as single-file keys on the meta device, are detected back."""
+    from sumie.text_encoder import CLIPTextModel, CLIPTextModelWithProjection
+    from sumie.unet import UNet2DConditionModel
+    from sumie.vae import AutoencoderKL
+    from sumie.weights import Components, to_single_file_state
+    from sumie.weights.original import detect_big_g, detect_text_encoder, detect_unet, split_components
+    with torch.device("meta"):
+        parts = Components(tokenizer=None, scheduler_config={}, source=None, unet=UNet2DConditionModel(preset.unet),
+                           vae=AutoencoderKL(preset.vae), text_encoder_2=CLIPTextModelWithProjection(preset.text_encoder_2),
+                           text_encoder=preset.text_encoder and CLIPTextModel(preset.text_encoder))
+        split = split_components(to_single_file_state(parts))
+    assert ("clip_l" in split) == (preset.text_encoder is not None)
+    assert detect_unet(split["unet"], preset) == preset.unet
+    assert detect_big_g(split["big_g"], preset) == preset.text_encoder_2
+    if preset.text_encoder is not None:
+        assert detect_text_encoder(split, preset) == preset.text_encoder

@@ -136,5 +136,9 @@ class CLIPTextModelWithProjection(CLIPTextModel):
     def forward(self, input_ids: torch.Tensor, output_hidden_states: bool = False,
                 inputs_embeds: torch.Tensor | None = None) -> TextEncoderOutput:
         out = super().forward(input_ids, output_hidden_states, inputs_embeds)
-        out.text_embeds = self.text_projection(out.pooler_output)
+        # in float64: a one-row product's float32 bits depend on the weight's memory layout and alignment (a
+        # folder's and a single file's, stored transposed, differ); its float64 result rounded back does not
+        w = self.text_projection.weight
+        wide = torch.float32 if w.device.type == "mps" else torch.float64  # MPS has no float64
+        out.text_embeds = (out.pooler_output.to(wide) @ w.to(wide).T).to(w.dtype)
         return out

@@ -16,7 +16,8 @@ import torch
 from torch import nn
 
 from .. import tiny
-from ..config import SD15, SD21, SD21_BASE, TextEncoderConfig, TinyVAEConfig, UNetConfig, VAEConfig, read_json
+from ..config import (SD15, SD21, SD21_BASE, SDXL, SDXL_REFINER, TextEncoderConfig, TinyVAEConfig, UNetConfig,
+                      VAEConfig, read_json)
 from ..errors import WeightsError
 from ..taesd import TinyAutoencoder
 from ..text_encoder import CLIPTextModel, CLIPTextModelWithProjection
@@ -24,8 +25,8 @@ from ..tokenizer import CLIPTokenizer
 from ..unet import UNet2DConditionModel
 from ..vae import AutoencoderKL
 from .files import PICKLE_SUFFIXES, find_weight_files, read_checkpoint, read_weight_files
-from .original import (IGNORED, SINGLE_FILE_PREFIX, detect_text_encoder, detect_unet, detect_vae, from_original,
-                       open_clip_to_ours, split_components, with_ema)
+from .original import (IGNORED, SINGLE_FILE_PREFIX, big_g_to_ours, detect_big_g, detect_text_encoder, detect_unet,
+                       detect_vae, from_original, open_clip_to_ours, split_components, with_ema)
 
 
 def load_into(model: nn.Module, state: dict[str, torch.Tensor], *, source: str,
@@ -150,6 +151,8 @@ def load_single_file(path: str | Path, *, dtype=None, device="cpu", allow_pickle
     path = Path(path)
     state = with_ema(read_checkpoint(path, allow_pickle=allow_pickle))
     parts = split_components(state)
+    if "big_g" in parts:
+        return _load_single_file_xl(path, parts, dtype=dtype, device=device, config=config)
     missing = [k for k in ("unet", "vae") if k not in parts] + ([] if {"text_encoder", "open_clip"} & set(parts)
                                                                  else ["text encoder"])
     if missing:
@@ -183,6 +186,48 @@ def load_single_file(path: str | Path, *, dtype=None, device="cpu", allow_pickle
         unet=build(UNet2DConditionModel, ucfg, parts["unet"], source=src, dtype=dtype, device=device, original="unet"),
         vae=build(AutoencoderKL, vcfg, parts["vae"], source=src, dtype=dtype, device=device, original="vae"),
         text_encoder=build(CLIPTextModel, tcfg, text, source=src, dtype=dtype, device=device))
+
+
+def _load_single_file_xl(path: Path, parts: dict, *, dtype, device, config) -> Components:
+    """An SDXL base or refiner single file (`conditioner.embedders.*`): the refiner has bigG alone. Architecture
+    from the shapes, or from the diffusers folder `config`."""
+    missing = [k for k in ("unet", "vae") if k not in parts]
+    if missing:
+        raise WeightsError(f"{path} is not a complete SDXL checkpoint: no {', '.join(missing)} weights (expected "
+                           f"keys under model.diffusion_model. and first_stage_model.)")
+    refiner = "clip_l" not in parts
+    if config is not None:
+        folder = resolve_folder(config)
+        read = lambda cls, name: cls.from_dict(read_json(folder / name / "config.json"), source=str(folder / name))
+        ucfg, vcfg, gcfg = read(UNetConfig, "unet"), read(VAEConfig, "vae"), read(TextEncoderConfig, "text_encoder_2")
+        lcfg = None if refiner else read(TextEncoderConfig, "text_encoder")
+        tokenizer = None if refiner else CLIPTokenizer.from_folder(folder / "tokenizer")
+        tokenizer_2 = CLIPTokenizer.from_folder(folder / "tokenizer_2")
+        scheduler = read_json(folder / "scheduler" / "scheduler_config.json")
+        index = read_json(folder / "model_index.json")
+        options = {k: index[k] for k in ("force_zeros_for_empty_prompt", "requires_aesthetics_score") if k in index}
+    else:
+        preset = SDXL_REFINER if refiner else SDXL
+        try:
+            ucfg, vcfg, gcfg = detect_unet(parts["unet"], preset), detect_vae(parts["vae"], preset), \
+                detect_big_g(parts["big_g"], preset)
+            lcfg = None if refiner else detect_text_encoder(parts, preset)
+        except (KeyError, IndexError, ValueError, ZeroDivisionError):
+            raise WeightsError(f"{path}: cannot read the SDXL architecture from the tensor shapes; pass --config with "
+                               f"a diffusers folder whose configs match (API: config=)") from None
+        tokenizer = None if refiner else CLIPTokenizer.standard()
+        tokenizer_2 = CLIPTokenizer.standard(pad_token="!")
+        scheduler = dict(preset.scheduler)
+        options = {"force_zeros_for_empty_prompt": not refiner, "requires_aesthetics_score": refiner}
+    src = str(path)
+    return Components(
+        tokenizer=tokenizer, tokenizer_2=tokenizer_2, scheduler_config=scheduler, source=path, options=options,
+        unet=build(UNet2DConditionModel, ucfg, parts["unet"], source=src, dtype=dtype, device=device, original="unet"),
+        vae=build(AutoencoderKL, vcfg, parts["vae"], source=src, dtype=dtype, device=device, original="vae"),
+        text_encoder=None if refiner else build(CLIPTextModel, lcfg, parts["clip_l"], source=src, dtype=dtype,
+                                                device=device),
+        text_encoder_2=build(CLIPTextModelWithProjection, gcfg, big_g_to_ours(parts["big_g"]), source=src,
+                             dtype=dtype, device=device))
 
 
 def load_vae(path: str | Path, *, like: VAEConfig, dtype=None, device="cpu", allow_pickle: bool = False):

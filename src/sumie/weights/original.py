@@ -18,6 +18,11 @@ from ..config import Preset, TextEncoderConfig, UNetConfig, VAEConfig
 SINGLE_FILE_PREFIX = {"unet": "model.diffusion_model.", "vae": "first_stage_model.",
                       "text_encoder": "cond_stage_model.transformer.text_model.",
                       "open_clip": "cond_stage_model.model."}
+# SDXL's text encoders: `conditioner.embedders.N.` then `transformer.text_model.` (CLIP ViT-L, transformers' names)
+# or `model.` (OpenCLIP bigG, with its projection). The base has ViT-L at 0 and bigG at 1; the refiner bigG at 0.
+XL_EMBEDDERS = "conditioner.embedders."
+XL_PREFIX = {"clip_l": "conditioner.embedders.0.transformer.text_model.", "big_g": "conditioner.embedders.1.model.",
+             "refiner_big_g": "conditioner.embedders.0.model."}
 LEAF_RENAMES = {
     "unet_resnet": {"norm1": "in_layers.0", "conv1": "in_layers.2", "time_emb_proj": "emb_layers.1",
                     "norm2": "out_layers.0", "conv2": "out_layers.3", "conv_shortcut": "skip_connection"},
@@ -36,6 +41,7 @@ OPEN_CLIP_LAYER = {"ln_1": "layer_norm1", "ln_2": "layer_norm2", "attn.out_proj"
 def _unet_modules(cfg: UNetConfig) -> list[tuple[str, str, str]]:
     n, levels = cfg.layers_per_block, len(cfg.block_out_channels)
     pairs = [("time_embedding.linear_1", "time_embed.0", "same"), ("time_embedding.linear_2", "time_embed.2", "same"),
+             ("add_embedding.linear_1", "label_emb.0.0", "same"), ("add_embedding.linear_2", "label_emb.0.2", "same"),
              ("conv_in", "input_blocks.0.0", "same"), ("conv_norm_out", "out.0", "same"), ("conv_out", "out.2", "same"),
              ("mid_block.resnets.0", "middle_block.0", "unet_resnet"), ("mid_block.attentions.0", "middle_block.1", "same"),
              ("mid_block.resnets.1", "middle_block.2", "unet_resnet")]
@@ -136,6 +142,19 @@ def open_clip_to_ours(original: dict[str, torch.Tensor], layers: int) -> dict[st
     return state
 
 
+def big_g_to_ours(original: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+    """SDXL's OpenCLIP bigG, every layer (the pooled output needs the last) and its projection, applied in OpenCLIP
+    as `x @ text_projection`: our Linear's weight is its transpose."""
+    state = open_clip_to_ours(original, _count(original, r"transformer\.resblocks\.(\d+)\."))
+    if "text_projection" in original:
+        state["text_projection.weight"] = original["text_projection"].T
+    return state
+
+
+def ours_to_big_g(state: dict[str, torch.Tensor], layers: int) -> dict[str, torch.Tensor]:
+    return {**ours_to_open_clip(state, layers), "text_projection": state["text_projection.weight"].T.contiguous()}
+
+
 def ours_to_open_clip(state: dict[str, torch.Tensor], layers: int) -> dict[str, torch.Tensor]:
     inverse = {v: k for k, v in OPEN_CLIP_NAMES.items()}
     out = {inverse[k]: v for k, v in state.items() if k in inverse}
@@ -151,8 +170,9 @@ def ours_to_open_clip(state: dict[str, torch.Tensor], layers: int) -> dict[str, 
 
 
 # Original-checkpoint keys that hold no inference weights (training losses, buffers, projections we don't use).
-IGNORED = {"vae": ("loss.",), "text_encoder": ("embeddings.position_ids",),
-           "open_clip": ("text_projection", "logit_scale", "attn_mask")}  # and layers past the used ones
+IGNORED = {"vae": ("loss.",), "text_encoder": ("embeddings.position_ids",), "clip_l": ("embeddings.position_ids",),
+           "open_clip": ("text_projection", "logit_scale", "attn_mask"),  # and layers past the used ones
+           "big_g": ("logit_scale", "attn_mask")}
 
 
 def with_ema(state: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
@@ -169,11 +189,16 @@ def with_ema(state: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
 
 
 def split_components(state: dict[str, torch.Tensor]) -> dict[str, dict[str, torch.Tensor]]:
-    """{'unet' | 'vae' | 'text_encoder' | 'open_clip': {key without prefix: tensor}}, ignorable keys dropped."""
+    """{'unet' | 'vae' | 'text_encoder' | 'open_clip' | SDXL's 'clip_l' | 'big_g': {key without prefix: tensor}},
+    ignorable keys dropped."""
     parts: dict[str, dict[str, torch.Tensor]] = {}
     for key, value in state.items():
         if key.startswith("cond_stage_model.transformer."):  # SD 1.x, with or without `text_model.`
             kind, rest = "text_encoder", key[len("cond_stage_model.transformer."):].removeprefix("text_model.")
+        elif key.startswith(XL_EMBEDDERS):  # SDXL: N.transformer.[text_model.]... or N.model....
+            rest = key[len(XL_EMBEDDERS):].split(".", 1)[1]
+            kind = "clip_l" if rest.startswith("transformer.") else "big_g"
+            rest = rest.removeprefix("transformer.").removeprefix("text_model.").removeprefix("model.")
         else:
             hits = [(k, p) for k, p in SINGLE_FILE_PREFIX.items() if key.startswith(p) and k != "text_encoder"]
             if not hits:
@@ -198,14 +223,22 @@ def detect_unet(state: dict[str, torch.Tensor], preset: Preset) -> UNetConfig:
     attention = [f"input_blocks.{1 + i * (n + 1)}.1.proj_in.weight" in state for i in range(levels)]
     proj = state[f"input_blocks.{1 + attention.index(True) * (n + 1)}.1.proj_in.weight"]
     context = state[f"input_blocks.{1 + attention.index(True) * (n + 1)}.1.transformer_blocks.0.attn2.to_k.weight"]
-    per_level = isinstance(preset.unet.attention_head_dim, tuple)  # SD 2.x: heads of 64 channels
+    per_level = isinstance(preset.unet.attention_head_dim, tuple)  # SD 2.x and SDXL: heads of 64 channels
+    # transformer blocks per level (SDXL: 1 / 2 / 10; its refiner 4): one number when every attention has as many
+    # as the mid block's, else one per level (1 where a level has no attention)
+    depths = [_count(keys, rf"input_blocks\.{1 + i * (n + 1)}\.1\.transformer_blocks\.(\d+)\.") for i in range(levels)]
+    mid = _count(keys, r"middle_block\.1\.transformer_blocks\.(\d+)\.")
+    depth = mid if {d for d in depths if d} == {mid} else tuple(d or 1 for d in depths)
+    added = state.get("label_emb.0.0.weight")  # SDXL: pooled text and size numbers
     return dataclasses.replace(
         preset.unet, in_channels=state["input_blocks.0.0.weight"].shape[1], out_channels=state["out.2.weight"].shape[0],
         block_out_channels=tuple(chs), layers_per_block=n,
         down_block_types=tuple("CrossAttnDownBlock2D" if a else "DownBlock2D" for a in attention),
         up_block_types=tuple("CrossAttnUpBlock2D" if a else "UpBlock2D" for a in reversed(attention)),
         attention_head_dim=tuple(c // 64 for c in chs) if per_level else preset.unet.attention_head_dim,
-        cross_attention_dim=context.shape[1], use_linear_projection=proj.ndim == 2)
+        cross_attention_dim=context.shape[1], use_linear_projection=proj.ndim == 2,
+        transformer_layers_per_block=depth,
+        projection_class_embeddings_input_dim=None if added is None else added.shape[1])
 
 
 def detect_vae(state: dict[str, torch.Tensor], preset: Preset) -> VAEConfig:
@@ -231,6 +264,16 @@ def _open_clip_layers(s: dict[str, torch.Tensor]) -> int:
     return _count(s, r"transformer\.resblocks\.(\d+)\.") - 1
 
 
+def detect_big_g(s: dict[str, torch.Tensor], preset: Preset) -> TextEncoderConfig:
+    """SDXL's bigG config from its shapes (every layer kept)."""
+    width = s["token_embedding.weight"].shape[1]
+    return dataclasses.replace(
+        preset.text_encoder_2, vocab_size=s["token_embedding.weight"].shape[0], hidden_size=width,
+        intermediate_size=s["transformer.resblocks.0.mlp.c_fc.weight"].shape[0],
+        num_hidden_layers=_count(s, r"transformer\.resblocks\.(\d+)\."), num_attention_heads=width // 64,
+        max_position_embeddings=s["positional_embedding"].shape[0], projection_dim=s["text_projection"].shape[1])
+
+
 def detect_text_encoder(parts: dict[str, dict[str, torch.Tensor]], preset: Preset) -> TextEncoderConfig:
     """The text encoder's config from its shapes (SD 1.x's CLIP ViT-L, or SD 2.x's OpenCLIP tower, `open_clip`):
     `preset`'s, with the shapes' fields."""
@@ -242,7 +285,7 @@ def detect_text_encoder(parts: dict[str, dict[str, torch.Tensor]], preset: Prese
             intermediate_size=s["transformer.resblocks.0.mlp.c_fc.weight"].shape[0],
             num_hidden_layers=_open_clip_layers(s), num_attention_heads=width // 64,
             max_position_embeddings=s["positional_embedding"].shape[0])
-    s = parts["text_encoder"]
+    s = parts["text_encoder"] if "text_encoder" in parts else parts["clip_l"]  # SD 1.x, or SDXL's ViT-L
     width = s["embeddings.token_embedding.weight"].shape[1]
     return dataclasses.replace(
         preset.text_encoder, vocab_size=s["embeddings.token_embedding.weight"].shape[0], hidden_size=width,
