@@ -9,6 +9,7 @@ import pytest
 import torch
 
 from oracle import TOL, max_diff, published, shapes, write_xl_folder
+from safetensors.torch import load_file, save_file
 from sumie.config import PRESETS, SDXL, SDXL_REFINER, TextEncoderConfig, UNetConfig, VAEConfig
 from sumie.errors import InputError
 from sumie.pipeline import StableDiffusionPipeline
@@ -254,6 +255,9 @@ def test_cli_generates_and_refines_with_sdxl(xl_folder, refiner_folder, tmp_path
                     prompt_syntax="a1111", output_type="np").images[0]
     assert np.array_equal(np.asarray(Image.open(path)), np.round(expected * 255).astype(np.uint8))
 
+    code, stdout, stderr = cli_in_process(*args, "--vae", xl_folder / "vae")  # a separate VAE: here the same one
+    assert code == 0, stderr
+    assert np.array_equal(np.asarray(Image.open(stdout.strip())), np.asarray(Image.open(path)))
     for model in (xl_folder, refiner_folder):
         code, stdout, stderr = cli_in_process("generate", "a ship", "--model", model, "--init-image", path,
                                               "--strength", 0.6, "--steps", 4, "--seed", 1, "--outdir", out, "--quiet")
@@ -328,3 +332,165 @@ def test_full_size_architecture_is_read_from_a_single_files_shapes(preset):
     assert detect_big_g(split["big_g"], preset) == preset.text_encoder_2
     if preset.text_encoder is not None:
         assert detect_text_encoder(split, preset) == preset.text_encoder
+
+
+XL_LAYERS = [("unet", "down_blocks.1.attentions.0.transformer_blocks.1.attn2.to_k"),
+             ("unet", "mid_block.attentions.0.transformer_blocks.2.ff.net.2"),
+             ("unet", "up_blocks.0.resnets.1.conv1"),
+             ("text_encoder", "encoder.layers.1.self_attn.v_proj"),
+             ("text_encoder_2", "encoder.layers.3.mlp.fc1")]
+
+
+def write_xl_lora(pipe, path, fmt, layers, alpha=2.0):
+    """An SDXL LoRA in Kohya's names (lora_unet_ in the original layout, lora_te1_, lora_te2_; with `alpha`) or
+    diffusers/PEFT's, rank 4."""
+    from sumie.weights.original import original_names
+    g = torch.Generator().manual_seed(0)
+    state = {}
+    for component, name in layers:
+        w = getattr(pipe, component).get_submodule(name).weight
+        down = torch.randn((4, *w.shape[1:]), generator=g) * 0.3
+        up = torch.randn((w.shape[0], 4, *([1] * (w.ndim - 2))), generator=g) * 0.3
+        inner = "" if component == "unet" else "text_model."
+        if fmt == "kohya":
+            prefix = {"unet": "lora_unet_", "text_encoder": "lora_te1_", "text_encoder_2": "lora_te2_"}[component]
+            if component == "unet":
+                name = original_names("unet", pipe.unet.config, [name + ".weight"])[name + ".weight"][:-7]
+            key = prefix + (inner + name).replace(".", "_")
+            state.update({f"{key}.lora_down.weight": down, f"{key}.lora_up.weight": up,
+                          f"{key}.alpha": torch.tensor(alpha)})
+        else:
+            key = f"{component}.{inner}{name}"
+            state.update({f"{key}.lora_A.weight": down, f"{key}.lora_B.weight": up})
+    save_file(state, path)
+    return path
+
+
+@pytest.mark.parametrize("fmt", ["kohya", "peft"])
+def test_an_sdxl_lora_changes_the_weights_as_diffusers_does(xl_folder, fmt, tmp_path):
+    """Kohya's names for the UNet (original layout: input_blocks, middle_block, output_blocks), diffusers/PEFT's
+    for the UNet and the first text encoder, against diffusers. Under transformers 5, diffusers 0.42 converts neither
+    Kohya text-encoder LoRAs nor PEFT ones for bigG ("Could not automatically infer state dict type"): bigG's update
+    is checked against the definition, and lora_te1_ / lora_te2_ to name the same layers as PEFT's names."""
+    import diffusers
+    ours = StableDiffusionXLPipeline.from_pretrained(xl_folder)
+    ours.set_progress_bar_config(disable=True)
+    layers = [l for l in XL_LAYERS if (fmt == "peft" and l[0] == "text_encoder") or l[0] == "unet"]
+    path = write_xl_lora(ours, tmp_path / f"{fmt}.safetensors", fmt, layers)
+    names = ("unet", "text_encoder", "text_encoder_2")
+    base = {n: {k: v.clone() for k, v in getattr(ours, n).state_dict().items()} for n in names}
+    ours.load_lora_weights(path)
+    theirs = diffusers.StableDiffusionXLPipeline.from_pretrained(xl_folder)
+    theirs.set_progress_bar_config(disable=True)
+    theirs.load_lora_weights(str(path))
+    theirs.fuse_lora()
+    theirs.unload_lora_weights()
+    for n in names:
+        mine = getattr(ours, n).state_dict()
+        ref = {k.removeprefix("text_model."): v for k, v in getattr(theirs, n).state_dict().items()}
+        changed = sorted(k for k in mine if not torch.equal(mine[k], base[n][k]))
+        assert changed == sorted(f"{m}.weight" for c, m in layers if c == n), n
+        assert all(torch.allclose(mine[k], ref[k], atol=1e-6) for k in mine), n
+    kw = dict(prompt="a red circle", num_inference_steps=3, height=32, width=32, output_type="np")
+    a = theirs(**kw, generator=torch.Generator().manual_seed(1)).images
+    b = ours(**kw, generator=torch.Generator().manual_seed(1)).images
+    assert np.abs(a - b).max() * 255 <= 2
+    if fmt == "peft":  # bigG: W + B A; then Kohya's names (alpha = rank: the same scale) give the same weights
+        ours.unload_lora_weights()
+        state = load_file(write_xl_lora(ours, tmp_path / "all.safetensors", "peft", XL_LAYERS))
+        ours.load_lora_weights(tmp_path / "all.safetensors")
+        key = "text_encoder_2.text_model.encoder.layers.3.mlp.fc1"
+        expected = base["text_encoder_2"]["encoder.layers.3.mlp.fc1.weight"] + \
+            state[f"{key}.lora_B.weight"] @ state[f"{key}.lora_A.weight"]
+        assert torch.allclose(ours.text_encoder_2.encoder.layers[3].mlp.fc1.weight, expected, atol=1e-6)
+        peft = {n: {k: v.clone() for k, v in getattr(ours, n).state_dict().items()} for n in names}
+        ours.unload_lora_weights()
+        ours.load_lora_weights(write_xl_lora(ours, tmp_path / "k.safetensors", "kohya", XL_LAYERS, alpha=4.0))
+        assert all(torch.equal(v, peft[n][k]) for n in names for k, v in getattr(ours, n).state_dict().items())
+
+
+def test_lora_made_for_the_other_family_is_one_clear_error(xl_folder, sd1_folder, tmp_path):
+    from sumie.pipeline import StableDiffusionPipeline as SD
+    xl = StableDiffusionXLPipeline.from_pretrained(xl_folder)
+    sd = SD.from_pretrained(sd1_folder)
+    xl_lora = write_xl_lora(xl, tmp_path / "xl.safetensors", "kohya", XL_LAYERS)
+    sd_lora = write_xl_lora(sd, tmp_path / "sd.safetensors", "kohya",
+                            [("unet", "down_blocks.0.attentions.0.transformer_blocks.0.attn2.to_k")])
+    with pytest.raises(InputError, match="keys that name no layer of this model") as e:
+        sd.load_lora_weights(xl_lora)
+    assert "\n" not in str(e.value)
+    with pytest.raises(InputError, match="keys that name no layer of this model|made for another model"):
+        xl.load_lora_weights(sd_lora)
+
+
+@pytest.mark.parametrize("n", [1, 2])
+def test_an_sdxl_embedding_equals_diffusers(xl_folder, tmp_path, n):
+    """clip_l / clip_g vectors, loaded by diffusers into each encoder with its tokenizer, as its docs show. The
+    pooled text differs on purpose: diffusers' added tokens get ids above CLIP's end-of-text id, and bigG's
+    published config (eos_token_id 2) pools at the largest id, so diffusers pools at the embedding's last token;
+    sumie pools at the end-of-text token, as CLIP and A1111 do. That is checked against bigG's output there."""
+    import diffusers
+    g = torch.Generator().manual_seed(n)
+    path = tmp_path / "emb.safetensors"
+    save_file({"clip_l": torch.randn(n, 32, generator=g) * 3, "clip_g": torch.randn(n, 48, generator=g) * 3}, path)
+    ours = StableDiffusionXLPipeline.from_pretrained(xl_folder)
+    without = ours.encode_prompt("a photo of <emb>", negative_prompt="blurry")
+    ours.load_textual_inversion(path, token="<emb>")
+    theirs = diffusers.StableDiffusionXLPipeline.from_pretrained(xl_folder)
+    state = load_file(path)
+    theirs.load_textual_inversion(state["clip_l"], token="<emb>", text_encoder=theirs.text_encoder,
+                                  tokenizer=theirs.tokenizer)
+    theirs.load_textual_inversion(state["clip_g"], token="<emb>", text_encoder=theirs.text_encoder_2,
+                                  tokenizer=theirs.tokenizer_2)
+    ref = theirs.encode_prompt("a photo of <emb>", device="cpu", num_images_per_prompt=1,
+                               do_classifier_free_guidance=True, negative_prompt="blurry")
+    mine = ours.encode_prompt("a photo of <emb>", negative_prompt="blurry")
+    text = theirs.maybe_convert_prompt("a photo of <emb>", theirs.tokenizer_2)  # "<emb> <emb>_1" for 2 vectors
+    ids = theirs.tokenizer_2(text, padding="max_length", max_length=77, return_tensors="pt").input_ids
+    with torch.no_grad():
+        states = theirs.text_encoder_2(ids).last_hidden_state[0, ids[0].tolist().index(49407)]
+        at_eos = theirs.text_encoder_2.text_projection(states)[None]
+    for a, b in zip(mine, [ref[0], ref[1], at_eos, ref[3]]):
+        assert a.shape == b.shape and max_diff(a, b) < 1e-5
+    assert max_diff(mine[0], without[0]) > 1e-2 and max_diff(mine[2], without[2]) > 1e-2  # both encoders changed
+
+
+def test_embeddings_of_the_other_family_are_clear_errors(xl_folder, sd1_folder, tmp_path):
+    from sumie.pipeline import StableDiffusionPipeline as SD
+    save_file({"emb_params": torch.zeros(1, 32)}, tmp_path / "sd.safetensors")
+    save_file({"clip_l": torch.zeros(1, 32), "clip_g": torch.zeros(1, 48)}, tmp_path / "xl.safetensors")
+    with pytest.raises(InputError, match="width 32, but this model's text encoder is 80 wide"):
+        StableDiffusionXLPipeline.from_pretrained(xl_folder).load_textual_inversion(tmp_path / "sd.safetensors")
+    with pytest.raises(InputError, match="is an SDXL embedding"):
+        SD.from_pretrained(sd1_folder).load_textual_inversion(tmp_path / "xl.safetensors")
+
+
+def test_server_runs_sdxl_text_to_image_and_img2img(xl_folder, tmp_path):
+    """`sumie serve --model SDXL`: A1111's txt2img and img2img answer with the pipeline's image and infotext."""
+    import base64
+    import io
+
+    import httpx
+    from PIL import Image
+    from server_util import Server
+    s = Server("--model", xl_folder, "--outdir", tmp_path / "out")
+    try:
+        models = httpx.get(s.url + "/sdapi/v1/sd-models", timeout=30).json()
+        assert [m["model_name"] for m in models] == [xl_folder.name]
+        body = dict(prompt="a red circle", seed=3, steps=3, width=48, height=32, cfg_scale=6, sampler_name="Euler")
+        r = httpx.post(s.url + "/sdapi/v1/txt2img", json=body, timeout=300)
+        assert r.status_code == 200, r.text
+        image = Image.open(io.BytesIO(base64.b64decode(r.json()["images"][0])))
+        assert json.loads(r.json()["info"])["infotexts"][0].startswith("a red circle\nSteps: 3, Sampler: Euler")
+        pipe = StableDiffusionXLPipeline.from_pretrained(xl_folder)
+        pipe.set_progress_bar_config(disable=True)
+        expected = pipe("a red circle", seed=3, num_inference_steps=3, guidance_scale=6, height=32, width=48,
+                        scheduler="euler", prompt_syntax="a1111", output_type="np").images[0]
+        assert np.array_equal(np.asarray(image.convert("RGB")), np.round(expected * 255).astype(np.uint8))
+        init = r.json()["images"][0]
+        r = httpx.post(s.url + "/sdapi/v1/img2img", json={**body, "init_images": [init], "denoising_strength": 0.5},
+                       timeout=300)
+        assert r.status_code == 200, r.text
+        assert Image.open(io.BytesIO(base64.b64decode(r.json()["images"][0]))).size == (48, 32)
+    finally:
+        s.stop()

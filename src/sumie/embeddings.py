@@ -3,7 +3,8 @@
 Files, as people share them:
 - A1111's `.pt`: {"string_to_param": {"*": (n, D)}, "name", "step", ...}, a pickle: read only with
   allow_pickle, then tensors only;
-- `.safetensors` with `emb_params` (n, D) (A1111's own), or with `clip_l` / `clip_g` (SDXL's, refused here);
+- `.safetensors` with `emb_params` (n, D) (A1111's own), or with `clip_l` / `clip_g` (SDXL's: read as their
+  concatenation (n, 768 + 1280), each encoder taking its own columns);
 - diffusers' `learned_embeds.bin` / `.safetensors`: {token: (D,) or (n, D)}.
 
 A name is found in a prompt by its own tokens (A1111's rule): where the prompt's tokens spell the name, its
@@ -31,8 +32,10 @@ class Embedding:
     step: int | None = None
 
 
-def read_embedding(path: str | Path, *, allow_pickle: bool = False) -> tuple[torch.Tensor, str | None, int | None]:
-    """A file -> ((n, D) vectors, the name it carries or None, its training step or None)."""
+def read_embedding(path: str | Path, *, allow_pickle: bool = False,
+                   xl: bool = False) -> tuple[torch.Tensor, str | None, int | None]:
+    """A file -> ((n, D) vectors, the name it carries or None, its training step or None). An SDXL file's
+    clip_l and clip_g side by side when the model is SDXL (`xl`), else refused."""
     path = Path(path)
     if not path.is_file():
         raise InputError(f"embedding {path} does not exist or is not a file")
@@ -45,9 +48,11 @@ def read_embedding(path: str | Path, *, allow_pickle: bool = False) -> tuple[tor
         vectors = next(iter(data["string_to_param"].values()))
     elif "emb_params" in data:
         vectors = data["emb_params"]
-    elif "clip_l" in data or "clip_g" in data:
+    elif ("clip_l" in data or "clip_g" in data) and not xl:
         raise InputError(f"embedding {path} is an SDXL embedding (clip_l / clip_g); this model is SD 1.x / 2.x, "
                          f"whose embeddings hold emb_params or string_to_param")
+    elif "clip_l" in data and "clip_g" in data:
+        vectors = torch.cat([data["clip_l"], data["clip_g"]], -1)
     else:
         tensors = {k: v for k, v in data.items() if isinstance(v, torch.Tensor)}
         if len(tensors) != 1:
@@ -64,8 +69,8 @@ def read_embedding(path: str | Path, *, allow_pickle: bool = False) -> tuple[tor
 class Embeddings:
     """The embeddings a pipeline knows, by name, and where their names stand in a prompt's tokens."""
 
-    def __init__(self, tokenizer, width: int):
-        self.tokenizer, self.width = tokenizer, width
+    def __init__(self, tokenizer, width: int, *, xl: bool = False):
+        self.tokenizer, self.width, self.xl = tokenizer, width, xl
         self.loaded: dict[str, Embedding] = {}
         self.skipped: dict[str, str] = {}  # name -> why it could not be used
         self._by_first: dict[int, list[tuple[list[int], str]]] = {}  # first token id -> (name tokens, name)
@@ -81,7 +86,8 @@ class Embeddings:
         if vectors.shape[-1] != self.width:
             where = f"{path}" if path else f"embedding {name!r}"
             raise InputError(f"{where} has vectors of width {vectors.shape[-1]}, but this model's text encoder is "
-                             f"{self.width} wide (768: SD 1.x, 1024: SD 2.x); it was made for another model")
+                             f"{self.width} wide (768: SD 1.x, 1024: SD 2.x, 768 + 1280: SDXL); it was made for "
+                             f"another model")
         self._index(name)
         self.skipped.pop(name, None)
         self.loaded[name] = Embedding(name, vectors, path, step)
@@ -89,7 +95,7 @@ class Embeddings:
 
     def load(self, path: str | Path, token: str | None = None, *, allow_pickle: bool = False) -> Embedding:
         """One file; its name is `token`, else the name it carries, else the file's stem."""
-        vectors, carried, step = read_embedding(path, allow_pickle=allow_pickle)
+        vectors, carried, step = read_embedding(path, allow_pickle=allow_pickle, xl=self.xl)
         return self.add(token or carried or Path(path).stem, vectors, path=Path(path), step=step)
 
     def load_dir(self, folder: str | Path, *, allow_pickle: bool = False) -> None:
@@ -100,7 +106,7 @@ class Embeddings:
             raise InputError(f"--embeddings {folder} is not a folder")
         for path in sorted(p for p in folder.rglob("*") if p.suffix.lower() in SUFFIXES and p.is_file()):
             try:
-                vectors, _, step = read_embedding(path, allow_pickle=allow_pickle)
+                vectors, _, step = read_embedding(path, allow_pickle=allow_pickle, xl=self.xl)
                 self.add(path.stem, vectors, path=path, step=step)
             except SumieError as e:
                 self._index(path.stem)

@@ -46,14 +46,18 @@ _OLD_DIFFUSERS = [  # older diffusers names -> the names above
      lambda m: f".{m.group(1)}{'.0' if m.group(1) == 'to_out' else ''}.lora_{m.group(2)}.weight"),
     (re.compile(r"\.lora_linear_layer\.(down|up)\.weight$"), lambda m: f".lora_{m.group(1)}.weight"),
 ]
-COMPONENTS = {"unet": ("lora_unet_", "unet.", ""), "text_encoder": ("lora_te_", "text_encoder.", "text_model.")}
+# component -> (Kohya's prefixes, diffusers' prefix, the inner prefix of transformers' names). SDXL's Kohya files
+# name its first text encoder lora_te1_ and its second (bigG) lora_te2_.
+COMPONENTS = {"unet": (("lora_unet_",), "unet.", ""),
+              "text_encoder": (("lora_te_", "lora_te1_"), "text_encoder.", "text_model."),
+              "text_encoder_2": (("lora_te2_",), "text_encoder_2.", "text_model.")}
 
 
 @dataclass
 class Update:
     """One layer's update: its factors, by key suffix."""
 
-    component: str  # unet | text_encoder
+    component: str  # unet | text_encoder | text_encoder_2
     module: str  # our module path in that component
     tensors: dict[str, torch.Tensor]
 
@@ -116,8 +120,10 @@ def layer_names(models: dict[str, nn.Module]) -> dict[str, tuple[str, str]]:
         kohya, diffusers, inner = COMPONENTS[component]
         for name, m in model.named_modules():
             if isinstance(m, (nn.Linear, nn.Conv2d)):
-                names[kohya + (inner + name).replace(".", "_")] = (component, name)
-                names[diffusers + inner + name] = (component, name)
+                inside = inner if name != "text_projection" or component == "unet" else ""  # beside text_model.
+                for prefix in kohya:
+                    names[prefix + (inside + name).replace(".", "_")] = (component, name)
+                names[diffusers + inside + name] = (component, name)
     if "unet" in models:  # Kohya's names in the original layout (lora_unet_input_blocks_1_1_proj_in), as A1111 reads
         unet = models["unet"]
         keys = [n + ".weight" for n, m in unet.named_modules() if isinstance(m, (nn.Linear, nn.Conv2d))]
@@ -208,8 +214,7 @@ class LoRAs:
         layers: dict[tuple[str, str], list[tuple[float, Update]]] = {}
         for name, (te, unet) in self.active.items():
             for target, update in self.adapters[name].items():
-                layers.setdefault(target, []).append(((te if target[0] == "text_encoder" else unet) * self.scale,
-                                                      update))
+                layers.setdefault(target, []).append(((unet if target[0] == "unet" else te) * self.scale, update))
         with torch.no_grad():
             for (component, module), parts in layers.items():
                 param = self.models[component].get_submodule(module).weight

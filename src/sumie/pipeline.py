@@ -432,9 +432,9 @@ class StableDiffusionPipeline:
         elif mask is None:
             x0 = init.float().to(self.execution_device).repeat(batch // len(init), 1, 1, 1) if given_latents \
                 else self._encode_images(init, generator, batch)
+            x = x0  # SDXL's refiner (denoising_start) goes on from the base's latents as they are
             if _init.denoising_start is None:
-                x0 = sampling.noised(x0, randn(shape, generator, "cpu").to(x0.device))
-            x = x0
+                x = sampling.noised(x0, randn(shape, generator, "cpu").to(x0.device))
         else:
             x, between, extra = self._inpaint_start(init, mask, _init, sampling, generator, shape)
 

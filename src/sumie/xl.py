@@ -16,13 +16,16 @@ for the same seed. Everything else (sampling, guidance, decoding, img2img) is `S
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 from dataclasses import dataclass, field
 from typing import NamedTuple
 
 import torch
 
 from . import prompts as syntax
+from .embeddings import Embeddings
 from .errors import InputError
+from .lora import LoRAs
 from .pipeline import Init, PipelineOutput, StableDiffusionPipeline, _check_strength
 from .schedulers.adapter import Scheduler
 
@@ -34,20 +37,27 @@ class XLText(NamedTuple):
 
 
 def encode(encoders: list, prompt: str, prompt_2: str | None, *, syntax_: str, clip_skip: int | None,
-           emphasis: str) -> XLText:
+           emphasis: str, embeddings: Embeddings | None = None) -> XLText:
     """`encoders`: [(text_encoder, tokenizer)], ViT-L then bigG, or bigG alone. The first reads `prompt`, the
     second `prompt_2` (default: `prompt`); with one encoder, `prompt` (as diffusers' refiner does). clip_skip
     counts back from the penultimate layer (diffusers' hidden_states[-(clip_skip + 2)]); emphasis weighs the
-    joined states."""
+    joined states. An embedding's vectors are clip_l's and clip_g's side by side: ViT-L takes the first columns,
+    bigG the last."""
     texts = [prompt, prompt if prompt_2 is None else prompt_2][:len(encoders)]
     if syntax_ == "a1111" and len(set(texts)) > 1:
         raise InputError("prompt_2 is read with the plain prompt syntax only; with the a1111 syntax both encoders "
                          "read the prompt")
-    parts = [syntax.chunks_of(tok, text, syntax_) for (_, tok), text in zip(encoders, texts)]  # [encoder][chunk]
+    parts = [syntax.chunks_of(tok, text, syntax_, embeddings) for (_, tok), text in zip(encoders, texts)]
     layer = -(clip_skip or 0) - 2
+
+    def own_columns(chunk: syntax.Chunk, enc, first: bool) -> syntax.Chunk:
+        width = enc.config.hidden_size
+        cut = (lambda v: v[:, :width]) if first else (lambda v: v[:, -width:])
+        return dataclasses.replace(chunk, vectors=[(o, cut(v)) for o, v in chunk.vectors])
     context, pooled = [], None
     for j, chunk in enumerate(parts[0]):
-        outs = [syntax.run_chunk(enc, tok, chunks[j]) for (enc, tok), chunks in zip(encoders, parts)]
+        outs = [syntax.run_chunk(enc, tok, own_columns(chunks[j], enc, first=k == 0 and len(encoders) == 2))
+                for k, ((enc, tok), chunks) in enumerate(zip(encoders, parts))]
         context.append(syntax.emphasize(torch.cat([o.hidden_states[layer] for o in outs], -1), chunk, emphasis))
         pooled = outs[-1].text_embeds if pooled is None else pooled
     return XLText(torch.cat(context, 1), pooled)
@@ -95,6 +105,11 @@ class StableDiffusionXLPipeline(StableDiffusionPipeline):
         self.force_zeros_for_empty_prompt = force_zeros_for_empty_prompt
         self.requires_aesthetics_score = requires_aesthetics_score
         self.paired_negative_sizes = False  # True: fix diffusers' batch layout of the sizes (see _unet_inputs)
+        width = (text_encoder.config.hidden_size if text_encoder is not None else 768) + \
+            text_encoder_2.config.hidden_size
+        self.embeddings = Embeddings(tokenizer or tokenizer_2, width, xl=True)  # clip_l and clip_g side by side
+        self.loras = LoRAs({name: model for name, model in (("unet", unet), ("text_encoder", text_encoder),
+                                                            ("text_encoder_2", text_encoder_2)) if model is not None})
         self._micro = Micro()  # the call in progress's
 
     @classmethod
@@ -116,19 +131,6 @@ class StableDiffusionXLPipeline(StableDiffusionPipeline):
         return [(e, t) for e, t in ((self.text_encoder, self.tokenizer), (self.text_encoder_2, self.tokenizer_2))
                 if e is not None]
 
-    def load_lora_weights(self, *args, **kwargs):
-        raise InputError("LoRAs for SDXL are not supported yet by sumie")
-
-    def load_textual_inversion(self, *args, **kwargs):
-        raise InputError("textual-inversion embeddings for SDXL are not supported yet by sumie")
-
-    def _lora_tags(self, prompt, negative_prompt):
-        prompt, negative_prompt, added = super()._lora_tags(prompt, negative_prompt)
-        if added:
-            raise InputError(f"the prompt names a LoRA (<lora:{added[0][0]}:...>), but LoRAs for SDXL are not "
-                             f"supported yet by sumie")
-        return prompt, negative_prompt, added
-
     # -- text ---------------------------------------------------------------------------------------
     def _encoders(self, prompt_syntax: str, clip_skip: int | None, emphasis: str):
         """(for prompts, for negative prompts): text -> XLText, each distinct text encoded once. The negative
@@ -144,7 +146,7 @@ class StableDiffusionXLPipeline(StableDiffusionPipeline):
                         for model, _ in self._encoder_pairs:
                             placed.enter_context(self._placed(model))
                         out = encode(self._encoder_pairs, text, second.get(text), syntax_=prompt_syntax,
-                                     clip_skip=skip, emphasis=emphasis)
+                                     clip_skip=skip, emphasis=emphasis, embeddings=self.embeddings)
                     if zero and text == "":
                         out = XLText(torch.zeros_like(out.context), torch.zeros_like(out.pooled))
                     cache[text] = XLText(*(t.to(self.execution_device) for t in out))
@@ -192,7 +194,7 @@ class StableDiffusionXLPipeline(StableDiffusionPipeline):
         syntax.check_options(prompt_syntax, emphasis, clip_skip)
         prompts = [prompt] if isinstance(prompt, str) else list(prompt)
         negatives = self._negatives(negative_prompt, prompts)
-        self._micro = self._call_texts(prompts, prompt_2, negatives, negative_prompt_2)
+        self._micro = self._call_texts(prompts, prompt_2, negatives, negative_prompt_2, prompt_syntax)
         try:
             encode, encode_negative = self._encoders(prompt_syntax, clip_skip, emphasis)
             texts = [encode(p) for p in prompts] + [encode_negative(p) for p in negatives or [""] * len(prompts)]
@@ -205,8 +207,10 @@ class StableDiffusionXLPipeline(StableDiffusionPipeline):
                 each([t.pooled for t in texts[n:]]))
 
     def _call_texts(self, prompts: list[str], prompt_2, negatives: list[str] | None, negative_prompt_2,
-                    **sizes) -> Micro:
-        """A call's Micro: each prompt's second prompt, and whether no negative prompt means zeros."""
+                    prompt_syntax: str = "plain", **sizes) -> Micro:
+        """A call's Micro: each prompt's second prompt, and whether the negative prompt is zeros: in diffusers'
+        reading, none given and the model's force_zeros_for_empty_prompt; in A1111's, an empty one (its
+        get_learned_conditioning zeroes an all-empty negative batch for SDXL)."""
         def second(texts: list[str], given) -> dict:
             if given is None:
                 return {}
@@ -217,7 +221,8 @@ class StableDiffusionXLPipeline(StableDiffusionPipeline):
             return dict(zip(texts, given))
         return Micro(prompts_2=second(prompts, prompt_2), negatives_2=second(negatives or [""] * len(prompts),
                                                                               negative_prompt_2),
-                     zero_negative=negatives is None and self.force_zeros_for_empty_prompt, **sizes)
+                     zero_negative=negatives is None and self.force_zeros_for_empty_prompt if prompt_syntax == "plain"
+                     else all(not n for n in negatives or [""]), **sizes)
 
     # -- the call -------------------------------------------------------------------------------------
     @torch.no_grad()
@@ -238,6 +243,7 @@ class StableDiffusionXLPipeline(StableDiffusionPipeline):
         prompts = [prompt] if isinstance(prompt, str) else list(prompt)
         self._micro = self._call_texts(
             prompts, prompt_2, self._negatives(negative_prompt, prompts), negative_prompt_2,
+            kwargs.get("prompt_syntax", "plain"),
             original_size=_pair(original_size, "original_size"), target_size=_pair(target_size, "target_size"),
             crops_coords_top_left=_pair(crops_coords_top_left, "crops_coords_top_left"),
             negative_original_size=_pair(negative_original_size, "negative_original_size"),
