@@ -1,10 +1,11 @@
 """sumie vs diffusers on the full SDXL base architecture (random weights): load, one UNet step, peak RSS.
 
-    python benchmarks/sdxl.py [--size 512] [--full-image] [--write]
+    python benchmarks/sdxl.py [--sizes 512,1024] [--full-image] [--write]
 
 Each library runs alone in its own process (peak RSS = that process's VmHWM, weights included): load the
-folder, then the UNet twice on a guided batch (2, 4, size/8, size/8) with the pooled text and size numbers;
-the first call is the warm-up (sumie: its kernel choices for new shapes), the second is the step's time.
+folder, then for each size the UNet twice on a guided batch (2, 4, size/8, size/8) with the pooled text and
+size numbers; the first call is the warm-up (sumie: its kernel choices for new shapes), the second is the
+step's time.
 `--full-image` also makes one 1024² image with sumie (1 Euler step, no guidance, attention slicing, VAE
 in bands) and records its peak RSS. float32, 2 threads. The model folder (about 14 GB) is written once into
 benchmarks/.cache/ from the published configs in tests/data. `--write` refreshes the "SDXL (issue 26)"
@@ -28,7 +29,7 @@ CHILD = r"""
 import json, sys, time
 import torch
 torch.set_num_threads(2)
-lib, folder, size = sys.argv[1], sys.argv[2], int(sys.argv[3])
+lib, folder, sizes = sys.argv[1], sys.argv[2], [int(v) for v in sys.argv[3].split(",")]
 out = {}
 with torch.no_grad():
     start = time.perf_counter()
@@ -39,14 +40,15 @@ with torch.no_grad():
         import diffusers
         pipe = diffusers.StableDiffusionXLPipeline.from_pretrained(folder)
     out["load (s)"] = time.perf_counter() - start
-    g = torch.Generator().manual_seed(0)
-    x, ctx = torch.randn(2, 4, size // 8, size // 8, generator=g), torch.randn(2, 77, 2048, generator=g)
-    cond = {"text_embeds": torch.randn(2, 1280, generator=g),
-            "time_ids": torch.tensor([[size, size, 0, 0, size, size]] * 2).float()}
-    for name in ("warm-up (first UNet call, s)", f"UNet step, batch 2, {size}² (s)"):
-        start = time.perf_counter()
-        pipe.unet(x, torch.tensor(500), encoder_hidden_states=ctx, added_cond_kwargs=cond)
-        out[name] = time.perf_counter() - start
+    for size in sizes:
+        g = torch.Generator().manual_seed(0)
+        x, ctx = torch.randn(2, 4, size // 8, size // 8, generator=g), torch.randn(2, 77, 2048, generator=g)
+        cond = {"text_embeds": torch.randn(2, 1280, generator=g),
+                "time_ids": torch.tensor([[size, size, 0, 0, size, size]] * 2).float()}
+        for name in (f"warm-up, {size}² (first UNet call, s)", f"UNet step, batch 2, {size}² (s)"):
+            start = time.perf_counter()
+            pipe.unet(x, torch.tensor(500), encoder_hidden_states=ctx, added_cond_kwargs=cond)
+            out[name] = time.perf_counter() - start
 out["peak RSS (GiB)"] = next(int(l.split()[1]) for l in open("/proc/self/status") if l.startswith("VmHWM:")) / 2**20
 print(json.dumps(out))
 """
@@ -103,13 +105,13 @@ def run(code: str, *args) -> dict:
 
 def main() -> None:
     ap = argparse.ArgumentParser()
-    ap.add_argument("--size", type=int, default=512, help="image size of the UNet step (default 512)")
+    ap.add_argument("--sizes", default="512", help="image sizes of the UNet step (default 512)")
     ap.add_argument("--full-image", action="store_true", help="also one 1024² image with sumie")
     ap.add_argument("--write", action="store_true", help="refresh docs/benchmarks.md")
     args = ap.parse_args()
     from doc import machine, write_section
     folder = write_model()
-    results = {lib: run(CHILD, lib, folder, args.size) for lib in ("sumie", "diffusers")}
+    results = {lib: run(CHILD, lib, folder, args.sizes) for lib in ("sumie", "diffusers")}
     import torch
     command = "python benchmarks/sdxl.py " + " ".join(a for a in sys.argv[1:] if a != "--write")
     lines = [f"- Machine: {machine()}, 2 threads; torch {torch.__version__}; float32",
