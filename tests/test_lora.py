@@ -42,17 +42,24 @@ def factors(module, generator):
     return [torch.randn(s, generator=generator) * 0.3 for s in shapes]
 
 
-def write_lora(pipe, path, fmt, layers=LAYERS, seed=0):
-    """A LoRA for `layers` of `pipe` in Kohya's names (with alpha) or diffusers/PEFT's (without: alpha = rank)."""
+KOHYA = {"unet": "lora_unet_", "text_encoder": "lora_te_"}  # SDXL's: lora_te1_, lora_te2_
+
+
+def write_lora(pipe, path, fmt, layers=LAYERS, seed=0, *, kohya=KOHYA, alpha=ALPHA, original_layout=False):
+    """A LoRA for `layers` ((component, module path, ...)) of `pipe` in Kohya's names (prefixes `kohya`, with
+    `alpha`; the UNet's in the original layout with `original_layout`) or diffusers/PEFT's (alpha = rank)."""
+    from sumie.weights.original import original_names
     g = torch.Generator().manual_seed(seed)
     state = {}
-    for component, name, _ in layers:
+    for component, name, *_ in layers:
         down, up = factors(getattr(pipe, component).get_submodule(name), g)
-        inner = "text_model." if component == "text_encoder" else ""
+        inner = "" if component == "unet" else "text_model."
         if fmt == "kohya":
-            key = ("lora_te_" if component == "text_encoder" else "lora_unet_") + (inner + name).replace(".", "_")
+            if original_layout and component == "unet":
+                name = original_names("unet", pipe.unet.config, [name + ".weight"])[name + ".weight"][:-len(".weight")]
+            key = kohya[component] + (inner + name).replace(".", "_")
             state.update({f"{key}.lora_down.weight": down, f"{key}.lora_up.weight": up,
-                          f"{key}.alpha": torch.tensor(ALPHA)})
+                          f"{key}.alpha": torch.tensor(alpha)})
         else:
             key = f"{component}.{inner}{name}"
             state.update({f"{key}.lora_A.weight": down, f"{key}.lora_B.weight": up})

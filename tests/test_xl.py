@@ -342,28 +342,11 @@ XL_LAYERS = [("unet", "down_blocks.1.attentions.0.transformer_blocks.1.attn2.to_
 
 
 def write_xl_lora(pipe, path, fmt, layers, alpha=2.0):
-    """An SDXL LoRA in Kohya's names (lora_unet_ in the original layout, lora_te1_, lora_te2_; with `alpha`) or
-    diffusers/PEFT's, rank 4."""
-    from sumie.weights.original import original_names
-    g = torch.Generator().manual_seed(0)
-    state = {}
-    for component, name in layers:
-        w = getattr(pipe, component).get_submodule(name).weight
-        down = torch.randn((4, *w.shape[1:]), generator=g) * 0.3
-        up = torch.randn((w.shape[0], 4, *([1] * (w.ndim - 2))), generator=g) * 0.3
-        inner = "" if component == "unet" else "text_model."
-        if fmt == "kohya":
-            prefix = {"unet": "lora_unet_", "text_encoder": "lora_te1_", "text_encoder_2": "lora_te2_"}[component]
-            if component == "unet":
-                name = original_names("unet", pipe.unet.config, [name + ".weight"])[name + ".weight"][:-7]
-            key = prefix + (inner + name).replace(".", "_")
-            state.update({f"{key}.lora_down.weight": down, f"{key}.lora_up.weight": up,
-                          f"{key}.alpha": torch.tensor(alpha)})
-        else:
-            key = f"{component}.{inner}{name}"
-            state.update({f"{key}.lora_A.weight": down, f"{key}.lora_B.weight": up})
-    save_file(state, path)
-    return path
+    """An SDXL LoRA, rank 4: Kohya's names (lora_unet_ in the original layout, lora_te1_, lora_te2_; with
+    `alpha`) or diffusers/PEFT's (unet., text_encoder., text_encoder_2.)."""
+    from test_lora import write_lora
+    kohya = {"unet": "lora_unet_", "text_encoder": "lora_te1_", "text_encoder_2": "lora_te2_"}
+    return write_lora(pipe, path, fmt, layers, kohya=kohya, alpha=alpha, original_layout=True)
 
 
 @pytest.mark.parametrize("fmt", ["kohya", "peft"])
