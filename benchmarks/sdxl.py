@@ -109,7 +109,7 @@ def main() -> None:
     ap.add_argument("--full-image", action="store_true", help="also one 1024² image with sumie")
     ap.add_argument("--write", action="store_true", help="refresh docs/benchmarks.md")
     args = ap.parse_args()
-    from doc import machine, write_section
+    from doc import machine, report
     folder = write_model()
     results = {lib: run(CHILD, lib, folder, args.sizes) for lib in ("sumie", "diffusers")}
     import torch
@@ -127,10 +127,7 @@ def main() -> None:
         lines += ["", f"- One 1024² image with sumie (1 Euler step, guidance 1, `enable_attention_slicing()`, "
                       f"`enable_vae_tiling()`): {image['1024² image, 1 step (s)']:.0f} s in all, peak RSS "
                       f"{image['1024² image, peak RSS (GiB)']:.1f} GiB on this 24 GB machine."]
-    table = "\n".join(lines)
-    print(table)
-    if args.write:
-        write_section("## SDXL (issue 26)", table)
+    report("## SDXL (issue 26)", lines, args.write)
 
 
 if __name__ == "__main__":

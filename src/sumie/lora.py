@@ -120,7 +120,7 @@ def layer_names(models: dict[str, nn.Module]) -> dict[str, tuple[str, str]]:
         kohya, diffusers, inner = COMPONENTS[component]
         for name, m in model.named_modules():
             if isinstance(m, (nn.Linear, nn.Conv2d)):
-                inside = inner if name != "text_projection" or component == "unet" else ""  # beside text_model.
+                inside = "" if name == "text_projection" else inner  # bigG's projection sits beside text_model.
                 for prefix in kohya:
                     names[prefix + (inside + name).replace(".", "_")] = (component, name)
                 names[diffusers + inside + name] = (component, name)

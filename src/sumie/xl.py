@@ -111,6 +111,13 @@ class StableDiffusionXLPipeline(StableDiffusionPipeline):
         self.loras = LoRAs({name: model for name, model in (("unet", unet), ("text_encoder", text_encoder),
                                                             ("text_encoder_2", text_encoder_2)) if model is not None})
         self._micro = Micro()  # the call in progress's
+        numbers = 5 if requires_aesthetics_score else 6  # size numbers (and the refiner's score) per image
+        expected = unet.config.projection_class_embeddings_input_dim
+        given = text_encoder_2.config.projection_dim + numbers * (unet.config.addition_time_embed_dim or 0)
+        if given != expected:
+            raise InputError(f"this UNet takes {expected} numbers of pooled text and sizes, but the text encoder "
+                             f"and {numbers} size numbers give {given}: the UNet and the text encoders are "
+                             f"from different models, or the model_index.json's requires_aesthetics_score is wrong")
 
     @classmethod
     def _from_components(cls, parts) -> "StableDiffusionXLPipeline":
@@ -174,15 +181,8 @@ class StableDiffusionXLPipeline(StableDiffusionPipeline):
             negative = [r % 2 == 0 for r in [*rows, *(batch + i for i in rows)]]
         ids = torch.tensor([self._micro.time_ids(size, negative=n, aesthetic=self.requires_aesthetics_score)
                             for n in negative], dtype=contexts[0].dtype, device=x.device)
-        pooled = torch.cat([t.pooled for t in texts])
-        expected = self.unet.config.projection_class_embeddings_input_dim
-        given = pooled.shape[-1] + ids.shape[-1] * self.unet.config.addition_time_embed_dim
-        if given != expected:
-            raise InputError(f"this UNet takes {expected} numbers of pooled text and sizes, but the text encoder "
-                             f"and {ids.shape[-1]} size numbers give {given}: the UNet and the text encoders are "
-                             f"from different models, or the model_index.json's requires_aesthetics_score is wrong")
         return {"encoder_hidden_states": torch.cat(contexts),
-                "added_cond_kwargs": {"text_embeds": pooled, "time_ids": ids}}
+                "added_cond_kwargs": {"text_embeds": torch.cat([t.pooled for t in texts]), "time_ids": ids}}
 
     @torch.no_grad()
     def encode_prompt(self, prompt: str | list[str], prompt_2: str | list[str] | None = None,
