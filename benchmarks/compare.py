@@ -1,7 +1,7 @@
 """sumie vs diffusers on the full SD 1.5 architecture (random weights), same machine, same run.
 
     python benchmarks/compare.py [--repeats 3] [--calls 5] [--compile] [--inductor] [--bf16] [--glibc-defaults]
-                                 [--avx2] [--sizes 256,512] [--write]
+                                 [--avx2] [--sizes 256,512] [--alone-only] [--write]
 
 Timings: one sumie variant (eager, compiled, inductor) and diffusers each run in a process of their own,
 and their calls take turns (A B A B ...), `--calls` timed calls each, so the machine's slow drifts hit both
@@ -12,7 +12,8 @@ as a diffusers user gets it. Load time, warm-up and peak RSS: each library alone
 `--repeats` processes, medians reported. Ratios are sumie / diffusers. float32, guidance 7.5, 2 threads.
 `--avx2` caps torch's, oneDNN's and MKL's kernels at AVX2 in every process: issue 7's targets name an AVX2
 machine, and this one has AVX-512. `--bf16` adds sumie in bfloat16 against diffusers in bfloat16 (both
-`torch_dtype=torch.bfloat16`). `--sizes 256` measures the UNet and VAE at 256² only. `--write` refreshes the
+`torch_dtype=torch.bfloat16`). `--sizes 256` measures the UNet and VAE at 256² only. `--alone-only` measures
+only load, warm-up and peak RSS, and prints them. `--write` refreshes the
 section of docs/benchmarks.md named after the machine's CPU ("Engine on ... (issue 24)"): one per CPU model. The model is written once into benchmarks/.cache/ by benchmarks/load.py's
 `write_model`.
 """
@@ -174,6 +175,8 @@ def main() -> None:
     ap.add_argument("--avx2", action="store_true",
                     help="cap every process's vector instructions at AVX2; --write then refreshes its own section")
     ap.add_argument("--sizes", default="256,512", help="image sizes of the UNet and VAE measures (default 256,512)")
+    ap.add_argument("--alone-only", dest="alone_only", action="store_true",
+                    help="only load, warm-up and peak RSS (each library alone in its own process); prints, never writes")
     ap.add_argument("--write", action="store_true", help="refresh docs/benchmarks.md")
     args = ap.parse_args()
     global SIZES
@@ -189,6 +192,11 @@ def main() -> None:
     # each sumie variant takes turns with a diffusers process of its own: all of them at once would need
     # more than this 24 GiB machine has, and the kernel would drop and re-read sumie's memory-mapped weights
     partner = lambda lib: "diffusers-bf16" if lib == "sumie-bf16" else "diffusers"  # the diffusers it runs against
+    if args.alone_only:
+        for lib in mine + ["diffusers"]:
+            for _ in range(args.repeats):
+                print(f"{lib} alone: {json.dumps(run('alone', lib, folder, args.glibc_defaults))}", flush=True)
+        return
     pairs = {lib: lockstep({lib: (lib, env(lib, args.glibc_defaults)),
                             "diffusers": (partner(lib), env("diffusers", args.glibc_defaults))}, folder, args.calls)
              for lib in mine}

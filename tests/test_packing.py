@@ -55,3 +55,38 @@ def test_each_packed_algorithm_keeps_its_weight_and_equals_the_plain_one(force, 
             conv.weight[0].zero_()  # an in-place edit: the kept copy is remade
             assert conv(x)[:, 0].sub(conv.bias[0]).abs().max() < 1e-6
             packing.unpack(conv), packing.unpack(pointwise)
+
+
+def _resident_pages(t: torch.Tensor) -> int:
+    """How many whole pages inside t's memory are resident in this process (pagemap's present bit)."""
+    from sumie.speed import pages
+    start = -(-t.data_ptr() // pages.PAGE) * pages.PAGE
+    entries = pages._entries(start, (t.data_ptr() + t.nbytes - start) // pages.PAGE)
+    return int(((entries & pages.np.uint64(pages.PRESENT)) != 0).sum())
+
+
+@pytest.mark.skipif(not __import__("sys").platform.startswith("linux"), reason="pagemap is Linux's")
+def test_packing_gives_back_a_mapped_weights_pages_but_never_a_written_one(tmp_path):
+    """Once a packed copy is made, the memory-mapped original's pages leave the process and come back from
+    the file when read; a weight written in place since loading keeps its pages, so the write is not lost."""
+    from safetensors.torch import save_file
+
+    from sumie.speed import packing
+    from sumie.weights.files import read_safetensors
+    torch.manual_seed(0)
+    save_file({"a": torch.randn(256, 1024), "b": torch.randn(256, 1024)}, tmp_path / "w.safetensors")
+    weights = read_safetensors(tmp_path / "w.safetensors")
+    x = torch.randn(3, 1024)
+    with torch.no_grad():
+        for name, edit in (("a", False), ("b", True)):
+            linear = torch.nn.Linear(1024, 256, bias=False)
+            linear.weight = torch.nn.Parameter(weights[name], requires_grad=False)
+            if edit:
+                linear.weight[128, 0] += 1  # a write: that page is now the process's own
+            expected = torch.nn.functional.linear(x, linear.weight)
+            assert _resident_pages(linear.weight) > 0
+            packing.pack(linear)
+            assert torch.allclose(linear(x), expected, rtol=1e-5, atol=1e-4)
+            assert (_resident_pages(linear.weight) == 0) is not edit
+            packing.unpack(linear)
+            assert torch.equal(linear(x), expected)  # read back from the file, or kept with the write

@@ -9,8 +9,9 @@ needs, the algorithm measured fastest for its shape on this machine (`tuning`, a
 PACKED: oneDNN's packed weight, im2col on the weight as stored (no copy), Winograd F(2x2, 3x3) or
 F(4x4, 3x3) on the transformed weight (16/9 or 4x the weight's size; F(4x4, 3x3) only where that copy is
 small beside the layer's activations, `_fits`). The numbers are the same within the parity tests'
-tolerance; the process holds a second copy of most weights, which is why this is an option and not the
-default. Its speed and memory: docs/benchmarks.md.
+tolerance. The process holds a second copy of most weights, which is why this is an option and not the
+default; where the original is a view of the weights file, its pages are given back once the copy is made
+(`pages.release`). Its speed and memory: docs/benchmarks.md.
 
 Each layer keeps one copy, remade when the weight changes (in-place edits bump its version), when the
 algorithm changes, or, for oneDNN's, when the input shape changes; a Linear's serves every number of rows.
@@ -27,7 +28,7 @@ import types
 import torch
 from torch import nn
 
-from . import tuning, winograd
+from . import pages, tuning, winograd
 from .kernels import cpu_inference, im2col_conv3x3, im2col_fits, key
 
 
@@ -56,6 +57,8 @@ def _kept(module: nn.Module, name: str, shape_key, make) -> torch.Tensor:
     if kept is None or kept[0] != stamp:
         kept = None  # the old copy is freed before the new one is made
         kept = (stamp, make())
+        if kept[1] is not module.weight:
+            pages.release(module.weight)  # the original's file pages, read again only if the weight is
     module.__dict__["_packed"] = kept
     return kept[1]
 
