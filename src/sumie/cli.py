@@ -126,6 +126,40 @@ def cmd_train_tiny(args) -> int:
     return 0
 
 
+def cmd_train_lora(args) -> int:
+    from .train_lora import Options, train
+    _threads(args.threads)
+    fields = ("rank", "alpha", "lr", "steps", "batch_size", "resolution", "seed", "targets", "text_encoder",
+              "save_every")
+    given = {k: getattr(args, k) for k in fields if getattr(args, k) is not None}
+    given.setdefault("alpha", float(given.get("rank", Options.rank)))  # alpha = rank: a scale of 1, Kohya's advice
+    say = lambda text: print(text, file=sys.stderr)
+    print(train(args.model, args.data, args.out, Options(**given), resume=args.resume, allow_pickle=args.allow_pickle,
+                quiet=args.quiet, say=say))
+    return 0
+
+
+def cmd_train_tiny_lora(args) -> int:
+    import time
+
+    from .pipeline import StableDiffusionPipeline
+    from .tiny import lora_demo
+    from .train_lora import train
+    _threads(args.threads)
+    out = Path(args.out)
+    options = lora_demo.recipe(steps=args.steps, lr=args.lr, rank=args.rank, text_encoder=args.text_encoder or None)
+    data = lora_demo.write_dataset(out / "data", options.seed)
+    start = time.perf_counter()
+    path = train("sumie-tiny", data, out / "pink.safetensors", options, resume=args.resume, quiet=args.quiet)
+    print(f"trained {path} in {time.perf_counter() - start:.0f} s ({options})")
+    if args.n:
+        pipe = StableDiffusionPipeline.from_pretrained("sumie-tiny")
+        pipe.set_progress_bar_config(disable=True)
+        pipe.batch_invariant = False  # whole batches, as eval-tiny
+        print(lora_demo.report(lora_demo.judge(pipe, path, n=args.n, n_train=args.n_train), path, options))
+    return 0
+
+
 def cmd_eval_tiny(args) -> int:
     from tqdm import tqdm
 
@@ -356,6 +390,47 @@ def build_parser() -> argparse.ArgumentParser:
     sv.add_argument("--allow-pickle", dest="allow_pickle", action="store_true",
                     help="allow .pt/.bin embeddings and LoRAs (tensors only, via torch.load(weights_only=True))")
     sv.set_defaults(func=cmd_serve)
+
+    tl = sub.add_parser("train-lora", help="train a LoRA on a folder of captioned images (Kohya's format; resumable)")
+    tl.add_argument("data", help="a folder of images, each with a same-named .txt caption (subfolders too)")
+    tl.add_argument("--model", required=True,
+                    help="an SD 1/2 diffusers folder, hub-cache id, single file, or sumie-tiny")
+    tl.add_argument("--out", required=True,
+                    help="the LoRA to write (NAME.safetensors); its state and loss log go beside it")
+    tl.add_argument("--rank", type=_int, help="the LoRA's rank (default 4)")
+    tl.add_argument("--alpha", type=float, help="its alpha; the update is scaled by alpha / rank (default: the rank)")
+    tl.add_argument("--lr", type=float, help="AdamW's learning rate (default 1e-4)")
+    tl.add_argument("--steps", type=_int, help="optimizer steps (default 500)")
+    tl.add_argument("--batch-size", dest="batch_size", type=_int, help="images per step (default 1)")
+    tl.add_argument("--resolution", type=_int, help="square training size in pixels (default 512)")
+    tl.add_argument("--seed", type=_int, help="the run's seed: one seed, one file (default 0)")
+    tl.add_argument("--targets", choices=["attention", "transformer"],
+                    help="attention: the attention projections (default); transformer: every layer of the "
+                         "transformer blocks, as Kohya's trainer")
+    tl.add_argument("--text-encoder", dest="text_encoder", action="store_true", default=None,
+                    help="also train the text encoder's attention and MLP layers")
+    tl.add_argument("--save-every", dest="save_every", type=_int, help="steps between saved states (default 100)")
+    tl.add_argument("--resume", action="store_true", help="continue from NAME.state.safetensors")
+    tl.add_argument("--threads", type=_int, help="CPU threads (default: torch's)")
+    tl.add_argument("--quiet", action="store_true", help="no progress bar")
+    tl.add_argument("--allow-pickle", dest="allow_pickle", action="store_true",
+                    help="allow a .ckpt/.bin pickle model (tensors only, via torch.load(weights_only=True))")
+    tl.set_defaults(func=cmd_train_lora)
+
+    tt = sub.add_parser("train-tiny-lora", help="teach sumie-tiny the colour pink with a LoRA, then judge it "
+                                               "(docs/tiny.md)")
+    tt.add_argument("out", help="run folder: the dataset in OUT/data, the LoRA OUT/pink.safetensors")
+    tt.add_argument("--steps", type=_int, help="optimizer steps (default: the recipe's)")
+    tt.add_argument("--lr", type=float)
+    tt.add_argument("--rank", type=_int)
+    tt.add_argument("--text-encoder", dest="text_encoder", action="store_true", help="also train the text encoder")
+    tt.add_argument("--n", type=_int, default=100, help="pink prompts to judge (0: train only; default 100)")
+    tt.add_argument("--n-train", dest="n_train", type=_int, default=300,
+                    help="training captions to judge (default 300)")
+    tt.add_argument("--resume", action="store_true", help="continue from OUT/pink.state.safetensors")
+    tt.add_argument("--threads", type=_int, help="CPU threads (default: torch's)")
+    tt.add_argument("--quiet", action="store_true", help="no progress bar")
+    tt.set_defaults(func=cmd_train_tiny_lora)
 
     e = sub.add_parser("eval-tiny", help="score sumie-tiny (or another tiny-world model) by image analysis")
     e.add_argument("--model", default="sumie-tiny")

@@ -19,6 +19,7 @@ SHAPES = ("circle", "square", "triangle")
 SIZES = {"small": 16, "large": 32}  # bounding-box side, pixels
 POSITIONS = {"center": (32, 32), "top left": (16, 16), "top right": (48, 16), "bottom left": (16, 48),
              "bottom right": (48, 48)}
+NEW_COLORS = {"pink": (255, 105, 180)}  # never in sumie-tiny's training: the concept `lora_demo` teaches it
 HELD_OUT = {("purple", "triangle"), ("orange", "square"), ("white", "circle")}
 
 
@@ -37,11 +38,12 @@ class Scene:
 
     def render(self) -> np.ndarray:
         """(64, 64, 3) uint8 image, drawn without anti-aliasing so that colours stay exact."""
-        image = Image.new("RGB", (SIZE, SIZE), COLORS[self.background])
+        palette = {**COLORS, **NEW_COLORS}
+        image = Image.new("RGB", (SIZE, SIZE), palette[self.background])
         draw = ImageDraw.Draw(image)
         (cx, cy), r = POSITIONS[self.position], SIZES[self.size] / 2
         box = (cx - r, cy - r, cx + r - 1, cy + r - 1)
-        fill = COLORS[self.color]
+        fill = palette[self.color]
         if self.shape == "circle":
             draw.ellipse(box, fill=fill)
         elif self.shape == "square":

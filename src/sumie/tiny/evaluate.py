@@ -7,15 +7,16 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from .data import COLORS, POSITIONS, SIZES, Scene
+from .data import COLORS, NEW_COLORS, POSITIONS, SIZES, Scene
 
-_NAMES = list(COLORS)
-_PALETTE = np.array([COLORS[n] for n in _NAMES], dtype=np.float32)  # (8, 3)
 ATTRIBUTES = ("background", "color", "shape", "position", "size")
+EXTENDED = {**COLORS, **NEW_COLORS}  # the palette of a judge that knows the LoRA demonstration's colour too
 
 
-def nearest_color(rgb: np.ndarray) -> str:
-    return _NAMES[int(np.argmin(((_PALETTE - rgb) ** 2).sum(-1)))]
+def nearest_color(rgb: np.ndarray, colors: dict = COLORS) -> str:
+    names = list(colors)
+    palette = np.array([colors[n] for n in names], dtype=np.float32)  # (K, 3)
+    return names[int(np.argmin(((palette - rgb) ** 2).sum(-1)))]
 
 
 @dataclass(frozen=True)
@@ -27,19 +28,20 @@ class Reading:
     position: str | None
 
 
-def read(image: np.ndarray) -> Reading:
-    """(64, 64, 3) uint8 -> the scene as the pixels show it (None where no shape is found)."""
+def read(image: np.ndarray, colors: dict = COLORS) -> Reading:
+    """(64, 64, 3) uint8 -> the scene as the pixels show it (None where no shape is found), colours named from
+    `colors` (EXTENDED: pink too)."""
     img = image.astype(np.float32)
     border = np.concatenate([img[0], img[-1], img[:, 0], img[:, -1]])  # (252, 3)
     bg_rgb = np.median(border, axis=0)
-    background = nearest_color(bg_rgb)
+    background = nearest_color(bg_rgb, colors)
     mask = np.sqrt(((img - bg_rgb) ** 2).sum(-1)) > 60  # (64, 64): pixels clearly not background
     if mask.sum() < 20:
         return Reading(background, None, None, None, None)
     ys, xs = np.nonzero(mask)
     top, bottom, left, right = ys.min(), ys.max(), xs.min(), xs.max()
     h, w = bottom - top + 1, right - left + 1
-    color = nearest_color(np.median(img[mask], axis=0))
+    color = nearest_color(np.median(img[mask], axis=0), colors)
     fill = mask[top:bottom + 1, left:right + 1].mean()  # square ~1, circle ~pi/4, triangle ~1/2
     shape = "square" if fill > 0.9 else "circle" if fill > 0.64 else "triangle"
     size = "small" if max(h, w) < (SIZES["small"] + SIZES["large"]) / 2 else "large"
@@ -48,11 +50,11 @@ def read(image: np.ndarray) -> Reading:
     return Reading(background, color, shape, size, position)
 
 
-def score(scenes: list[Scene], images: list[np.ndarray]) -> dict[str, float]:
+def score(scenes: list[Scene], images: list[np.ndarray], colors: dict = COLORS) -> dict[str, float]:
     """Fraction of images right on each attribute, and on all of them at once."""
     hits = {a: 0 for a in ATTRIBUTES + ("all",)}
     for scene, image in zip(scenes, images):
-        got = read(image)
+        got = read(image, colors)
         right = [getattr(got, a) == getattr(scene, a) for a in ATTRIBUTES]
         for a, ok in zip(ATTRIBUTES, right):
             hits[a] += ok
@@ -76,16 +78,23 @@ def evaluate(pipe, *, n_train: int = 300, n_held_out: int = 100, seed: int = 0, 
     results, examples = {}, {}
     for split, n, held in (("training captions", n_train, False), ("held-out pairs", n_held_out, True)):
         scenes = sample(n, seed + held, held_out=held)
-        images = []
-        for i in range(0, n, batch):
-            chunk = scenes[i:i + batch]
-            out = pipe([s.caption() for s in chunk], num_inference_steps=steps, guidance_scale=guidance,
-                       seed=seed + i, output_type="np").images
-            images += [(im * 255).round().astype(np.uint8) for im in out]
-            if progress:
-                progress(len(chunk))
+        images = draw(pipe, scenes, seed=seed, steps=steps, guidance=guidance, batch=batch, progress=progress)
         results[split], examples[split] = score(scenes, images), list(zip(scenes, images))
     return results, examples
+
+
+def draw(pipe, scenes: list[Scene], *, seed: int, steps: int, guidance: float, batch: int = 50,
+         progress=None) -> list[np.ndarray]:
+    """One (64, 64, 3) uint8 image per scene, from its full caption; image i from seed + i."""
+    images = []
+    for i in range(0, len(scenes), batch):
+        chunk = scenes[i:i + batch]
+        out = pipe([s.caption() for s in chunk], num_inference_steps=steps, guidance_scale=guidance,
+                   seed=seed + i, output_type="np").images
+        images += [(im * 255).round().astype(np.uint8) for im in out]
+        if progress:
+            progress(len(chunk))
+    return images
 
 
 def contact_sheet(examples: list, cols: int = 10):

@@ -22,9 +22,7 @@ Checkpoints are safetensors + JSON (no pickles), written atomically.
 from __future__ import annotations
 
 import json
-import math
 import os
-import random
 import shutil
 import tempfile
 import time
@@ -34,13 +32,14 @@ from pathlib import Path
 import numpy as np
 import torch
 import torch.nn.functional as F
-from safetensors.torch import load_file, save_file
 
 from ..config import TINY
 from ..schedulers import parse_config
 from ..schedulers.schedule import alphas_cumprod_for
 from ..text_encoder import CLIPTextModel
 from ..tokenizer import CLIPTokenizer
+from ..training import (Captions, Progress, diffusion_loss, load_checkpoint, load_optimizer, lr_at, optimize,
+                        optimizer_tensors, save_checkpoint, step_generator)
 from ..unet import UNet2DConditionModel
 from ..vae import AutoencoderKL
 from .data import Scene, all_scenes, training_caption
@@ -76,78 +75,10 @@ def images_tensor(scenes: list[Scene]) -> torch.Tensor:
     return torch.from_numpy(arr).permute(0, 3, 1, 2) / 127.5 - 1
 
 
-def lr_at(step: int, steps: int, peak: float, warmup: int) -> float:
-    """Linear warm-up, then cosine decay to 10% of the peak (Loshchilov & Hutter 2017)."""
-    if step < warmup:
-        return peak * (step + 1) / warmup
-    done = (step - warmup) / max(1, steps - warmup)
-    return peak * (0.1 + 0.9 * 0.5 * (1 + math.cos(math.pi * done)))
-
-
-def step_generator(seed: int, stage: str, step: int) -> tuple[torch.Generator, random.Random]:
-    key = (seed * 1_000_003 + {"vae": 1, "unet": 2, "decoder": 3}[stage]) * 10_000_019 + step
-    return torch.Generator().manual_seed(key), random.Random(key)
-
-
 @torch.no_grad()
 def ema_update(ema: dict[str, torch.Tensor], model: torch.nn.Module, decay: float) -> None:
     for name, p in model.named_parameters():
         ema[name].lerp_(p.detach(), 1 - decay)
-
-
-def _save_atomic(tensors: dict[str, torch.Tensor], meta: dict, path: Path) -> None:
-    tmp = path.with_name(f".tmp-{path.name}")
-    save_file({k: v.detach().cpu().contiguous() for k, v in tensors.items()}, tmp, metadata={"meta": json.dumps(meta)})
-    os.replace(tmp, path)
-
-
-def _load(path: Path) -> tuple[dict[str, torch.Tensor], dict]:
-    from safetensors import safe_open
-    with safe_open(path, "pt") as f:
-        meta = json.loads(f.metadata()["meta"])
-    return load_file(path), meta
-
-
-def optimizer_tensors(opt: torch.optim.Optimizer) -> dict[str, torch.Tensor]:
-    return {f"opt.{i}.{k}": v for i, s in opt.state_dict()["state"].items() for k, v in s.items()}
-
-
-def load_optimizer(opt: torch.optim.Optimizer, tensors: dict[str, torch.Tensor]) -> None:
-    state: dict[int, dict] = {}
-    for key, value in tensors.items():
-        if key.startswith("opt."):
-            _, i, k = key.split(".", 2)
-            state.setdefault(int(i), {})[k] = value
-    opt.load_state_dict({"state": state, "param_groups": opt.state_dict()["param_groups"]})
-
-
-def optimize(opt: torch.optim.Optimizer, loss: torch.Tensor, lr: float, bar, clip: float | None = None) -> None:
-    """One optimizer step on `loss` at learning rate `lr`, gradients clipped to norm `clip` if given."""
-    for group in opt.param_groups:
-        group["lr"] = lr
-    opt.zero_grad(set_to_none=True)
-    loss.backward()
-    if clip is not None:
-        torch.nn.utils.clip_grad_norm_([p for group in opt.param_groups for p in group["params"]], clip)
-    opt.step()
-    bar.update(loss.item())
-
-
-class Progress:
-    """One status line on stderr (tqdm), with the running loss."""
-
-    def __init__(self, stage: str, total: int, start: int, quiet: bool):
-        from tqdm import tqdm
-        self.bar = tqdm(total=total, initial=start, desc=stage, disable=quiet, dynamic_ncols=True)
-        self.loss = None
-
-    def update(self, loss: float) -> None:
-        self.loss = loss if self.loss is None else 0.98 * self.loss + 0.02 * loss
-        self.bar.set_postfix(loss=f"{self.loss:.4f}", refresh=False)
-        self.bar.update()
-
-    def close(self) -> None:
-        self.bar.close()
 
 
 # ---------------------------------------------------------------------------------------------------
@@ -174,7 +105,7 @@ def train_vae(recipe: Recipe, out: Path, log, quiet: bool = False, device: str =
     opt = torch.optim.AdamW(vae.parameters(), lr=recipe.vae_lr, weight_decay=0.0)
     start = 0
     if path.exists():
-        tensors, meta = _load(path)
+        tensors, meta = load_checkpoint(path)
         vae.load_state_dict({k[6:]: v for k, v in tensors.items() if k.startswith("model.")})
         load_optimizer(opt, tensors)
         start = meta["step"]
@@ -191,7 +122,7 @@ def train_vae(recipe: Recipe, out: Path, log, quiet: bool = False, device: str =
         optimize(opt, loss, lr_at(step, steps, recipe.vae_lr, recipe.warmup), bar)
         if (step + 1) % recipe.checkpoint_every == 0 or step + 1 == steps:
             log({"stage": "vae", "step": step + 1, "loss": round(bar.loss, 5)})
-            _save_atomic({**{f"model.{k}": v for k, v in vae.state_dict().items()}, **optimizer_tensors(opt)},
+            save_checkpoint({**{f"model.{k}": v for k, v in vae.state_dict().items()}, **optimizer_tensors(opt)},
                          {"step": step + 1}, path)
     bar.close()
     return vae.eval()
@@ -227,7 +158,7 @@ def train_decoder(recipe: Recipe, out: Path, vae: AutoencoderKL, latents: torch.
     opt = torch.optim.AdamW(params, lr=recipe.decoder_lr, weight_decay=0.0)
     start = 0
     if path.exists():
-        tensors, meta = _load(path)
+        tensors, meta = load_checkpoint(path)
         vae.load_state_dict({k[6:]: v for k, v in tensors.items() if k.startswith("model.")}, strict=False)
         load_optimizer(opt, tensors)
         start = meta["step"]
@@ -241,7 +172,7 @@ def train_decoder(recipe: Recipe, out: Path, vae: AutoencoderKL, latents: torch.
         if (step + 1) % recipe.checkpoint_every == 0 or step + 1 == steps:
             log({"stage": "decoder", "step": step + 1, "loss": round(bar.loss, 5)})
             state = {f"model.{k}": v for k, v in vae.state_dict().items() if k.startswith(("decoder.", "post_quant"))}
-            _save_atomic({**state, **optimizer_tensors(opt)}, {"step": step + 1}, path)
+            save_checkpoint({**state, **optimizer_tensors(opt)}, {"step": step + 1}, path)
     if bar:
         bar.close()
     return vae.eval()
@@ -256,44 +187,6 @@ def encode_all(vae: AutoencoderKL, images: torch.Tensor, batch: int = 256) -> to
 # ---------------------------------------------------------------------------------------------------
 # Stage 2: text encoder + UNet
 # ---------------------------------------------------------------------------------------------------
-class Captions:
-    """Caption -> (77,) token ids, memoised (the captions repeat)."""
-
-    def __init__(self, tokenizer: CLIPTokenizer):
-        self.tokenizer, self.cache = tokenizer, {}
-
-    def __call__(self, texts: list[str]) -> torch.Tensor:
-        missing = [t for t in dict.fromkeys(texts) if t not in self.cache]
-        if missing:
-            ids = self.tokenizer(missing, padding="max_length", max_length=77, truncation=True,
-                                 return_tensors="pt").input_ids
-            self.cache.update(zip(missing, ids))
-        return torch.stack([self.cache[t] for t in texts])
-
-
-def diffusion_loss(unet, text_encoder, latents, ids, generator, alpha_bar, min_snr,
-                   prediction_type: str = "v_prediction") -> torch.Tensor:
-    """Min-SNR-gamma weighted loss (Hang et al. 2023, sec. 3.4): epsilon targets weighted min(SNR, gamma) / SNR,
-    v targets (Salimans & Ho 2022, eq. 11 context; v = sqrt(abar) eps - sqrt(1 - abar) x0) weighted
-    min(SNR, gamma) / (SNR + 1). Random draws come from the CPU `generator`, so a seed trains the same
-    on any device."""
-    b, dev = len(latents), latents.device
-    t = torch.randint(len(alpha_bar), (b,), generator=generator)
-    noise = torch.randn(latents.shape, generator=generator).to(dev)
-    ab = alpha_bar[t].to(dev)  # (B,)
-    noisy = ab.sqrt().view(b, 1, 1, 1) * latents + (1 - ab).sqrt().view(b, 1, 1, 1) * noise  # Ho et al. 2020, eq. 4
-    pred = unet(noisy, t.to(dev), text_encoder(ids.to(dev)).last_hidden_state)
-    snr = ab / (1 - ab)
-    if prediction_type == "epsilon":
-        target, weight = noise, snr.clamp(max=min_snr) / snr
-    else:
-        s = lambda v: v.view(b, 1, 1, 1)
-        target, weight = s(ab.sqrt()) * noise - s((1 - ab).sqrt()) * latents, snr.clamp(max=min_snr) / (snr + 1)
-    if min_snr <= 0:
-        weight = torch.ones_like(snr)
-    return (weight * (pred - target).pow(2).mean((1, 2, 3))).mean()
-
-
 def train_unet(recipe: Recipe, out: Path, latents: torch.Tensor, log, quiet: bool = False, device: str = "cpu",
                stop: int | None = None) -> tuple[CLIPTextModel, UNet2DConditionModel]:
     """Train on `latents` (N, 4, 16, 16, already scaled) of `all_scenes()`; returns the EMA networks."""
@@ -308,7 +201,7 @@ def train_unet(recipe: Recipe, out: Path, latents: torch.Tensor, log, quiet: boo
     ema = {f"{m}.{k}": p.detach().clone() for m, model in models.items() for k, p in model.named_parameters()}
     start = 0
     if path.exists():
-        tensors, meta = _load(path)
+        tensors, meta = load_checkpoint(path)
         for m, model in models.items():
             model.load_state_dict({k[len(m) + 7:]: v for k, v in tensors.items() if k.startswith(f"model.{m}.")})
         ema = {k[4:]: v.clone() for k, v in tensors.items() if k.startswith("ema.")}
@@ -337,7 +230,7 @@ def train_unet(recipe: Recipe, out: Path, latents: torch.Tensor, log, quiet: boo
         if (step + 1) % recipe.checkpoint_every == 0 or step + 1 == steps:
             log({"stage": "unet", "step": step + 1, "loss": round(bar.loss, 5)})
             state = {f"model.{m}.{k}": v for m, model in models.items() for k, v in model.state_dict().items()}
-            _save_atomic({**state, **{f"ema.{k}": v for k, v in ema.items()}, **optimizer_tensors(opt)},
+            save_checkpoint({**state, **{f"ema.{k}": v for k, v in ema.items()}, **optimizer_tensors(opt)},
                          {"step": step + 1}, path)
     if bar:
         bar.close()

@@ -1,4 +1,5 @@
-"""Reading weight files: safetensors memory-mapped, pickles only when asked, and then tensors only.
+"""Reading weight files: safetensors memory-mapped, pickles only when asked, and then tensors only; and
+writing a safetensors file byte for byte the same for the same tensors and metadata (`write_safetensors`).
 
 A safetensors file is an 8-byte little-endian header length, a JSON header naming each tensor's dtype,
 shape and byte range, then the data (https://github.com/huggingface/safetensors, "Format"). We read the
@@ -101,6 +102,34 @@ def read_safetensors(path: str | Path) -> dict[str, torch.Tensor]:
             raw = raw.clone()
         out[name] = raw.view(dtype).reshape(info["shape"])
     return out
+
+
+def write_safetensors(tensors: dict[str, torch.Tensor], path: str | Path, metadata: dict[str, str] | None = None,
+                      *, data_hash_key: str | None = None) -> None:
+    """Write `tensors` as a .safetensors file, atomically: names and metadata keys in sorted order, each tensor's
+    bytes in that order, so the same input gives the same file (the safetensors library orders metadata by a
+    hash map's). With `data_hash_key`, the metadata also holds the SHA-256 of the data section under that key
+    (Kohya's and A1111's hash of a LoRA file)."""
+    import hashlib
+    path, names = Path(path), sorted(tensors)
+    _reverse = {v: k for k, v in _DTYPES.items()}
+    header, chunks, offset = {}, [], 0
+    for name in names:
+        t = tensors[name].detach().cpu().contiguous()
+        raw = t.reshape(-1).view(torch.uint8).numpy().tobytes() if t.numel() else b""
+        header[name] = {"dtype": _reverse[t.dtype], "shape": list(t.shape), "data_offsets": [offset, offset + len(raw)]}
+        chunks.append(raw)
+        offset += len(raw)
+    data = b"".join(chunks)
+    metadata = {**(metadata or {}), **({data_hash_key: hashlib.sha256(data).hexdigest()} if data_hash_key else {})}
+    if metadata:
+        header["__metadata__"] = dict(sorted(metadata.items()))
+    text = json.dumps(header, separators=(",", ":")).encode()
+    text += b" " * (-len(text) % 8)  # the data starts 8-byte aligned
+    tmp = path.with_name(f".tmp-{path.name}")
+    with open(tmp, "wb") as f:
+        f.write(struct.pack("<Q", len(text)) + text + data)
+    os.replace(tmp, path)
 
 
 def read_pickle(path: Path, *, allow_pickle: bool = False):
