@@ -48,3 +48,20 @@ def test_judge_tolerates_noise_and_catches_mistakes():
     assert read(blank).shape is None
     assert "| train | 100% |" in table({"train": dict.fromkeys(["background", "color", "shape", "position", "size",
                                                                   "all"], 1.0)})
+
+
+def test_the_judge_that_knows_the_diamond_reads_it_and_every_old_shape():
+    """The LoRA demonstration's judge (evaluate.EXTENDED): every diamond scene read as a diamond, every scene of the
+    world still read exactly, noisy images nearly so; the plain judge has no diamonds."""
+    from sumie.tiny.evaluate import EXTENDED
+    from sumie.tiny.lora_demo import new_scenes
+    diamonds = new_scenes()
+    assert len(diamonds) == 560 and score(diamonds, [s.render() for s in diamonds], EXTENDED)["all"] == 1.0
+    assert score(diamonds, [s.render() for s in diamonds])["shape"] == 0
+    for held_out in (False, True):
+        scenes = all_scenes(held_out=held_out)
+        assert score(scenes, [s.render() for s in scenes], EXTENDED)["all"] == 1.0
+    scenes = sample(300, seed=3) + diamonds[::5]
+    rng = np.random.default_rng(0)
+    noisy = [np.clip(s.render() + rng.normal(0, 10, (64, 64, 3)), 0, 255).astype(np.uint8) for s in scenes]
+    assert score(scenes, noisy, EXTENDED)["shape"] >= 0.95

@@ -178,3 +178,29 @@ def test_the_trained_layers_compute_what_the_saved_file_loads_as(tmp_path):
         assert torch.allclose(a, b, atol=1e-5) and not torch.allclose(a, c, atol=1e-3)
     L.detach(layers)
     assert all(torch.equal(x, y) for x, y in zip(outputs(pipe), plain))
+
+
+def test_diffusers_draws_the_shipped_demonstration_lora_as_sumie_does():
+    """tests/data/tiny-diamond-lora.safetensors, `sumie train-tiny-lora`'s LoRA (docs/tiny.md; UNet and text
+    encoder, Kohya's names), loaded by diffusers' load_lora_weights onto sumie-tiny: sumie's images within 2/255;
+    and the new word draws diamonds: 6 of these 8 images (docs/tiny.md: 86% of 100 large ones), none without it."""
+    from diffusers import StableDiffusionPipeline as Reference
+
+    from sumie.tiny.evaluate import EXTENDED, read
+    path = __import__("pathlib").Path(__file__).parent / "data" / "tiny-diamond-lora.safetensors"
+    assert path.stat().st_size <= 2_000_000 and any(k.startswith("lora_te_") for k in load_file(path))
+    prompts = ["a large red diamond in the center on a white background"] * 4 + \
+        ["a large blue diamond in the top left corner on a yellow background"] * 4
+    kw = dict(num_inference_steps=tiny.STEPS, guidance_scale=tiny.GUIDANCE, output_type="np")
+    pipe = StableDiffusionPipeline.from_pretrained("sumie-tiny")
+    pipe.set_progress_bar_config(disable=True)
+    base = pipe(prompts, seed=0, **kw).images
+    pipe.load_lora_weights(path)
+    ours = pipe(prompts, seed=0, **kw).images
+    ref = Reference.from_pretrained(tiny.MODEL_DIR, safety_checker=None)
+    ref.set_progress_bar_config(disable=True)
+    ref.load_lora_weights(str(path))
+    theirs = ref(prompts, generator=[torch.Generator().manual_seed(i) for i in range(8)], **kw).images
+    assert np.abs(ours - theirs).max() * 255 <= 2
+    shapes = lambda images: [read((im * 255).round().astype(np.uint8), EXTENDED).shape for im in images]
+    assert shapes(ours).count("diamond") >= 6 and "diamond" not in shapes(base)

@@ -147,10 +147,11 @@ def cmd_train_tiny_lora(args) -> int:
     from .train_lora import train
     _threads(args.threads)
     out = Path(args.out)
-    options = lora_demo.recipe(steps=args.steps, lr=args.lr, rank=args.rank, text_encoder=args.text_encoder or None)
+    options = lora_demo.recipe(steps=args.steps, lr=args.lr, rank=args.rank, alpha=args.rank and float(args.rank),
+                               targets=args.targets)
     data = lora_demo.write_dataset(out / "data", options.seed)
     start = time.perf_counter()
-    path = train("sumie-tiny", data, out / "pink.safetensors", options, resume=args.resume, quiet=args.quiet)
+    path = train("sumie-tiny", data, out / "diamond.safetensors", options, resume=args.resume, quiet=args.quiet)
     print(f"trained {path} in {time.perf_counter() - start:.0f} s ({options})")
     if args.n:
         pipe = StableDiffusionPipeline.from_pretrained("sumie-tiny")
@@ -417,17 +418,18 @@ def build_parser() -> argparse.ArgumentParser:
                     help="allow a .ckpt/.bin pickle model (tensors only, via torch.load(weights_only=True))")
     tl.set_defaults(func=cmd_train_lora)
 
-    tt = sub.add_parser("train-tiny-lora", help="teach sumie-tiny the colour pink with a LoRA, then judge it "
-                                               "(docs/tiny.md)")
-    tt.add_argument("out", help="run folder: the dataset in OUT/data, the LoRA OUT/pink.safetensors")
+    tt = sub.add_parser("train-tiny-lora",
+                        help="teach sumie-tiny a new shape, the diamond, with a LoRA, then judge it (docs/tiny.md)")
+    tt.add_argument("out", help="run folder: the dataset in OUT/data, the LoRA OUT/diamond.safetensors")
     tt.add_argument("--steps", type=_int, help="optimizer steps (default: the recipe's)")
     tt.add_argument("--lr", type=float)
     tt.add_argument("--rank", type=_int)
-    tt.add_argument("--text-encoder", dest="text_encoder", action="store_true", help="also train the text encoder")
-    tt.add_argument("--n", type=_int, default=100, help="pink prompts to judge (0: train only; default 100)")
+    tt.add_argument("--targets", choices=["attention", "transformer"])
+    tt.add_argument("--n", type=_int, default=100,
+                    help="diamond prompts of each size to judge (0: train only; default 100)")
     tt.add_argument("--n-train", dest="n_train", type=_int, default=300,
                     help="training captions to judge (default 300)")
-    tt.add_argument("--resume", action="store_true", help="continue from OUT/pink.state.safetensors")
+    tt.add_argument("--resume", action="store_true", help="continue from OUT/diamond.state.safetensors")
     tt.add_argument("--threads", type=_int, help="CPU threads (default: torch's)")
     tt.add_argument("--quiet", action="store_true", help="no progress bar")
     tt.set_defaults(func=cmd_train_tiny_lora)

@@ -16,6 +16,7 @@ trainers save one, so that A1111, ComfyUI, diffusers and sumie load it as they l
 
 from __future__ import annotations
 
+import hashlib
 import json
 import os
 import re
@@ -82,6 +83,16 @@ def read_folder(data: str | Path) -> list[Example]:
         raise InputError(f"{data} holds no images ({', '.join(IMAGE_SUFFIXES)}); put the training images there, "
                          f"each with a same-named .txt caption")
     return examples
+
+
+def fingerprint(data: Path, examples: list[Example]) -> str:
+    """A digest of the dataset (each image's path under DATA, size, caption and repeats): a resumed run must see
+    the same data, wherever the folder now is."""
+    digest = hashlib.sha256()
+    for e in examples:
+        digest.update(json.dumps([e.image.relative_to(data).as_posix(), e.image.stat().st_size, e.caption,
+                                  e.repeats]).encode())
+    return digest.hexdigest()
 
 
 def tag_frequency(examples: list[Example]) -> dict[str, dict[str, int]]:
@@ -214,13 +225,15 @@ def train(model: str, data: str | Path, out: str | Path, options: Options = Opti
     """Train a LoRA of `model` (a folder, hub-cache id, single file or "sumie-tiny") on DATA and write it to
     `out` (.safetensors, Kohya's format with ss_* metadata). Returns `out`."""
     from .auto import load_pipeline
+    from .xl import StableDiffusionXLPipeline
     out = Path(out)
     if out.suffix != ".safetensors":
         raise InputError(f"--out {out}: give a .safetensors file name")
-    if options.rank < 1 or options.steps < 1 or options.batch_size < 1 or options.resolution < 8:
-        raise InputError("--rank, --steps and --batch-size must be at least 1, and --resolution at least 8")
+    if min(options.rank, options.steps, options.batch_size, options.save_every) < 1 or options.resolution < 8:
+        raise InputError("--rank, --steps, --batch-size and --save-every must be at least 1, and --resolution at "
+                         "least 8")
     examples = read_folder(data)
-    from .xl import StableDiffusionXLPipeline
+    data_digest = fingerprint(Path(data), examples)
     pipe = load_pipeline(model, allow_pickle=allow_pickle)
     if isinstance(pipe, StableDiffusionXLPipeline):
         raise InputError(f"{model} is an SDXL model; train-lora trains SD 1.x and 2.x models")
@@ -238,11 +251,13 @@ def train(model: str, data: str | Path, out: str | Path, options: Options = Opti
     state, log = out.with_suffix(".state.safetensors"), out.with_suffix(".loss.tsv")
     out.parent.mkdir(parents=True, exist_ok=True)
     start, rows = 0, ["step\tloss"]
+    if resume and not state.is_file():
+        say(f"sumie: --resume: there is no {state} yet, so training starts at step 0")
     if resume and state.is_file():
         tensors, meta = load_checkpoint(state)
-        if _same_run(Options(**meta["options"])) != _same_run(options) or meta["data"] != str(Path(data).resolve()):
-            raise InputError(f"{state} was written with other options or data ({meta['options']}, {meta['data']}); "
-                             f"start anew without --resume, or give the same options")
+        if _same_run(Options(**meta["options"])) != _same_run(options) or meta["data"] != data_digest:
+            raise InputError(f"{state} was written with other options ({meta['options']}) or other data; start anew "
+                             f"without --resume, or give the same options and images")
         with torch.no_grad():
             for (c, n), lora in loras.items():
                 lora.down.copy_(tensors[f"{kohya_key(c, n)}.lora_down.weight"])
@@ -264,7 +279,7 @@ def train(model: str, data: str | Path, out: str | Path, options: Options = Opti
             if (step + 1) % options.save_every == 0 or step + 1 == options.steps:
                 _write_text(log, "\n".join(rows) + "\n")
                 save_checkpoint({**kohya_tensors(loras), **optimizer_tensors(opt)},
-                                {"step": step + 1, "options": asdict(options), "data": str(Path(data).resolve())},
+                                {"step": step + 1, "options": asdict(options), "data": data_digest},
                                 state)
     finally:
         bar.close()

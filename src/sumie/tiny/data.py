@@ -19,7 +19,7 @@ SHAPES = ("circle", "square", "triangle")
 SIZES = {"small": 16, "large": 32}  # bounding-box side, pixels
 POSITIONS = {"center": (32, 32), "top left": (16, 16), "top right": (48, 16), "bottom left": (16, 48),
              "bottom right": (48, 48)}
-NEW_COLORS = {"pink": (255, 105, 180)}  # never in sumie-tiny's training: the concept `lora_demo` teaches it
+NEW_SHAPES = ("diamond",)  # never in sumie-tiny's training: the concept `lora_demo` teaches it
 HELD_OUT = {("purple", "triangle"), ("orange", "square"), ("white", "circle")}
 
 
@@ -38,16 +38,18 @@ class Scene:
 
     def render(self) -> np.ndarray:
         """(64, 64, 3) uint8 image, drawn without anti-aliasing so that colours stay exact."""
-        palette = {**COLORS, **NEW_COLORS}
-        image = Image.new("RGB", (SIZE, SIZE), palette[self.background])
+        image = Image.new("RGB", (SIZE, SIZE), COLORS[self.background])
         draw = ImageDraw.Draw(image)
         (cx, cy), r = POSITIONS[self.position], SIZES[self.size] / 2
         box = (cx - r, cy - r, cx + r - 1, cy + r - 1)
-        fill = palette[self.color]
+        fill = COLORS[self.color]
         if self.shape == "circle":
             draw.ellipse(box, fill=fill)
         elif self.shape == "square":
             draw.rectangle(box, fill=fill)
+        elif self.shape == "diamond":  # a square on its corner
+            draw.polygon([(cx - 0.5, cy - r), (cx + r - 1, cy - 0.5), (cx - 0.5, cy + r - 1), (cx - r, cy - 0.5)],
+                         fill=fill)
         else:  # pointing up
             draw.polygon([(cx - 0.5, cy - r), (cx - r, cy + r - 1), (cx + r - 1, cy + r - 1)], fill=fill)
         return np.asarray(image)

@@ -7,16 +7,31 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from .data import COLORS, NEW_COLORS, POSITIONS, SIZES, Scene
+from .data import COLORS, NEW_SHAPES, POSITIONS, SHAPES, SIZES, Scene
 
+_NAMES = list(COLORS)
+_PALETTE = np.array([COLORS[n] for n in _NAMES], dtype=np.float32)  # (8, 3)
 ATTRIBUTES = ("background", "color", "shape", "position", "size")
-EXTENDED = {**COLORS, **NEW_COLORS}  # the palette of a judge that knows the LoRA demonstration's colour too
+EXTENDED = SHAPES + NEW_SHAPES  # the shapes of a judge that knows the LoRA demonstration's too
 
 
-def nearest_color(rgb: np.ndarray, colors: dict = COLORS) -> str:
-    names = list(colors)
-    palette = np.array([colors[n] for n in names], dtype=np.float32)  # (K, 3)
-    return names[int(np.argmin(((palette - rgb) ** 2).sum(-1)))]
+def nearest_color(rgb: np.ndarray) -> str:
+    return _NAMES[int(np.argmin(((_PALETTE - rgb) ** 2).sum(-1)))]
+
+
+def _shape(box: np.ndarray, shapes: tuple[str, ...]) -> str:
+    """The shape of a (h, w) bool mask cropped to its bounding box. By how much of the box it fills: square ~1,
+    circle ~pi/4, triangle ~1/2. A judge that knows the diamond reads widths instead, at a quarter and three
+    quarters of the height, as a share of the widest row: triangle (pointing up) ~1/4 and ~3/4, diamond ~1/2 and
+    ~1/2, circle ~0.87 and ~0.87, square 1 and 1."""
+    fill = box.mean()
+    if "diamond" not in shapes:
+        return "square" if fill > 0.9 else "circle" if fill > 0.64 else "triangle"
+    widths = box.sum(1) / box.sum(1).max()
+    upper, lower = widths[len(widths) // 4], widths[(3 * len(widths)) // 4]
+    if lower - upper > 0.25:
+        return "triangle"
+    return "square" if fill > 0.9 else "circle" if (upper + lower) / 2 > 0.7 else "diamond"
 
 
 @dataclass(frozen=True)
@@ -28,33 +43,32 @@ class Reading:
     position: str | None
 
 
-def read(image: np.ndarray, colors: dict = COLORS) -> Reading:
-    """(64, 64, 3) uint8 -> the scene as the pixels show it (None where no shape is found), colours named from
-    `colors` (EXTENDED: pink too)."""
+def read(image: np.ndarray, shapes: tuple[str, ...] = SHAPES) -> Reading:
+    """(64, 64, 3) uint8 -> the scene as the pixels show it (None where no shape is found), its shape one of
+    `shapes` (EXTENDED: the diamond too)."""
     img = image.astype(np.float32)
     border = np.concatenate([img[0], img[-1], img[:, 0], img[:, -1]])  # (252, 3)
     bg_rgb = np.median(border, axis=0)
-    background = nearest_color(bg_rgb, colors)
+    background = nearest_color(bg_rgb)
     mask = np.sqrt(((img - bg_rgb) ** 2).sum(-1)) > 60  # (64, 64): pixels clearly not background
     if mask.sum() < 20:
         return Reading(background, None, None, None, None)
     ys, xs = np.nonzero(mask)
     top, bottom, left, right = ys.min(), ys.max(), xs.min(), xs.max()
     h, w = bottom - top + 1, right - left + 1
-    color = nearest_color(np.median(img[mask], axis=0), colors)
-    fill = mask[top:bottom + 1, left:right + 1].mean()  # square ~1, circle ~pi/4, triangle ~1/2
-    shape = "square" if fill > 0.9 else "circle" if fill > 0.64 else "triangle"
+    color = nearest_color(np.median(img[mask], axis=0))
+    shape = _shape(mask[top:bottom + 1, left:right + 1], shapes)
     size = "small" if max(h, w) < (SIZES["small"] + SIZES["large"]) / 2 else "large"
     centre = ((left + right + 1) / 2, (top + bottom + 1) / 2)
     position = min(POSITIONS, key=lambda p: (POSITIONS[p][0] - centre[0]) ** 2 + (POSITIONS[p][1] - centre[1]) ** 2)
     return Reading(background, color, shape, size, position)
 
 
-def score(scenes: list[Scene], images: list[np.ndarray], colors: dict = COLORS) -> dict[str, float]:
+def score(scenes: list[Scene], images: list[np.ndarray], shapes: tuple[str, ...] = SHAPES) -> dict[str, float]:
     """Fraction of images right on each attribute, and on all of them at once."""
     hits = {a: 0 for a in ATTRIBUTES + ("all",)}
     for scene, image in zip(scenes, images):
-        got = read(image, colors)
+        got = read(image, shapes)
         right = [getattr(got, a) == getattr(scene, a) for a in ATTRIBUTES]
         for a, ok in zip(ATTRIBUTES, right):
             hits[a] += ok
