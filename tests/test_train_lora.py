@@ -80,9 +80,11 @@ def test_a_run_is_deterministic_and_a_resumed_run_equals_an_unbroken_one(data, t
         train(data, broken, replace(QUICK, rank=1), resume=True)
 
 
-def test_the_loss_is_the_models_own_objective(data):
-    """sumie-tiny predicts v: the step's loss is the mean squared error against v, not against the noise."""
-    pipe = StableDiffusionPipeline.from_pretrained("sumie-tiny")
+@pytest.mark.parametrize("model", ["sumie-tiny", "sd1"])
+def test_the_loss_is_the_models_own_objective(data, model, sd1_folder):
+    """sumie-tiny predicts v, the small SD 1 model epsilon: the step's loss is the mean squared error against that
+    target, not the other one."""
+    pipe = StableDiffusionPipeline.from_pretrained("sumie-tiny" if model == "sumie-tiny" else sd1_folder)
     examples = L.read_folder(data)
     latents = L.encode(pipe.vae, examples, 64)
     ids = pipe.tokenizer([e.caption for e in examples], padding="max_length", max_length=77, truncation=True,
@@ -99,9 +101,10 @@ def test_the_loss_is_the_models_own_objective(data):
         x0 = latents[index]
         pred = pipe.unet(a.sqrt() * x0 + (1 - a).sqrt() * noise, t, pipe.text_encoder(ids[index]).last_hidden_state)
         v = a.sqrt() * noise - (1 - a).sqrt() * x0
-    assert pipe.scheduler.config["prediction_type"] == "v_prediction"
-    assert torch.allclose(loss, (pred - v).pow(2).mean(), rtol=1e-5)
-    assert not torch.allclose(loss, (pred - noise).pow(2).mean(), rtol=1e-2)
+    right, wrong = (v, noise) if model == "sumie-tiny" else (noise, v)
+    assert pipe.scheduler.config["prediction_type"] == ("v_prediction" if model == "sumie-tiny" else "epsilon")
+    assert torch.allclose(loss, (pred - right).pow(2).mean(), rtol=1e-5)
+    assert not torch.allclose(loss, (pred - wrong).pow(2).mean(), rtol=1e-2)
 
 
 def test_diffusers_draws_the_trained_lora_as_sumie_does_and_weight_0_is_the_base(data, tmp_path):
