@@ -184,3 +184,26 @@ def test_config_fields_parity(tmp_path, fields):
             ref = reference_trajectory(diffusers_scheduler(folder, sampler_id, karras), 10, noise, seed=1)
             got = ours(folder, sampler_id, 10, karras, noise, seed=1)
             assert ((got - ref).abs().max() / ref.abs().max()).item() <= TOL, (sampler_id, karras)
+
+
+@pytest.mark.parametrize("sampler_id", ["euler", "heun", "dpm++2m", "lms"])
+def test_set_begin_index_starts_part_way_as_diffusers_does(tmp_path, sampler_id):
+    """A hand-written img2img loop (diffusers' order: set_timesteps, set_begin_index(t_start * order), then the
+    timesteps from there), both libraries starting from diffusers' add_noise of the same latent."""
+    folder = write_config(tmp_path, timestep_spacing="leading")
+    x0, noise = torch.randn(2, 1, 4, 8, 8, generator=torch.Generator().manual_seed(2))
+    theirs = diffusers_scheduler(folder, sampler_id, False)
+    mine = Scheduler.from_config(Scheduler.from_pretrained(folder, subfolder="scheduler").config, sampler_id)
+    out, start = [], None
+    for s in (theirs, mine):
+        s.set_timesteps(10)
+        begin = 4 * s.order
+        s.set_begin_index(begin)
+        timesteps = s.timesteps[begin:]
+        start = theirs.add_noise(x0, noise, timesteps[:1]) if start is None else start  # before diffusers steps
+        x = start
+        for t in timesteps:
+            x = s.step(standin(s.scale_model_input(x, t), t), t, x).prev_sample
+        out.append(x)
+    assert not torch.allclose(out[0], x0, atol=0.1)
+    assert ((out[1] - out[0]).abs().max() / out[0].abs().max()).item() <= TOL

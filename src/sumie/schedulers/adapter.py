@@ -8,13 +8,16 @@ For hand-written loops:
         out = unet(scheduler.scale_model_input(latents, t), t, ...)
         latents = scheduler.step(out, t, latents).prev_sample
 
+For img2img, `set_begin_index(t_start * scheduler.order)` after set_timesteps starts the sampler at
+`timesteps[t_start * order]`, from a latent `add_noise` brought to that timestep (diffusers' order of calls).
+
 The adapter runs the sampler generator one model call at a time: `step` sends it the prediction made
 from `out` and returns the sample at which the sampler next wants the model (its `prev_sample`).
 """
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 
 import torch
@@ -83,11 +86,23 @@ class Scheduler:
 
     def set_timesteps(self, num_inference_steps: int, device: str | torch.device | None = None) -> None:
         self.sampling = Sampling.create(self.sampler_id, self._raw, num_inference_steps, karras=self.karras)
+        self._whole = self.sampling  # set_begin_index cuts from this
         self.num_inference_steps = num_inference_steps
         self.timesteps, self._scales = self._visit()
         self.timesteps = self.timesteps.to(device or "cpu")
         self._sampler, self._request = None, None
         self._generator = None
+
+    def set_begin_index(self, begin_index: int = 0) -> None:
+        """Sample from `timesteps[begin_index]` on, `timesteps` kept whole (diffusers' img2img: set_timesteps(n),
+        then set_begin_index(t_start * scheduler.order), from a latent noised to that timestep by add_noise)."""
+        self._require_timesteps()
+        steps = len(self._whole.schedule)
+        if begin_index % self.order or not 0 <= begin_index // self.order < steps:
+            raise InputError(f"begin_index must be a multiple of {self.order} below {steps * self.order} "
+                             f"(got {begin_index})")
+        self.sampling = replace(self._whole, schedule=self._whole.schedule.after(begin_index // self.order))
+        self._sampler, self._request = None, None
 
     def _visit(self) -> tuple[torch.Tensor, dict[float, object]]:
         """Dry-run the sampler on a dummy latent: every timestep the model is called at, in order (Heun and
