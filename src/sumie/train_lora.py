@@ -2,7 +2,7 @@
 trainers save one, so that A1111, ComfyUI, diffusers and sumie load it as they load any LoRA.
 
 - **Data** (Kohya's layout): DATA and its subfolders hold images, each beside a same-named .txt caption. An image
-  with no caption takes its folder's name, less Kohya's repeat count ("10_pink shapes" -> "pink shapes"); a folder
+  with no caption takes its folder's name, less Kohya's repeat count ("10_sks dog" -> "sks dog"); a folder
   named "N_..." counts its images N times when images are drawn. Each image is resized so that its short side is
   `resolution`, centre-cropped to a square, and encoded once by the VAE (the posterior's mean, scaled).
 - **The layer**: each targeted Linear / Conv2d weight W is parametrized as W + (alpha / rank) * up @ down
@@ -30,9 +30,9 @@ from torch.nn.utils import parametrize
 
 from .errors import InputError
 from .lora import COMPONENTS, Update
-from .weights.files import write_safetensors
 from .training import (Captions, Progress, diffusion_loss, load_checkpoint, load_optimizer, optimize, optimizer_tensors,
                        save_checkpoint, step_generator)
+from .weights.files import write_safetensors
 
 IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".webp", ".bmp")
 TARGETS = {  # --targets -> (component, a pattern its layer names must match); Kohya's defaults are "transformer"
@@ -232,6 +232,8 @@ def train(model: str, data: str | Path, out: str | Path, options: Options = Opti
     if min(options.rank, options.steps, options.batch_size, options.save_every) < 1 or options.resolution < 8:
         raise InputError("--rank, --steps, --batch-size and --save-every must be at least 1, and --resolution at "
                          "least 8")
+    if options.targets not in TARGETS:
+        raise InputError(f"--targets {options.targets!r}: use {' or '.join(TARGETS)}")
     examples = read_folder(data)
     data_digest = fingerprint(Path(data), examples)
     pipe = load_pipeline(model, allow_pickle=allow_pickle)
