@@ -186,24 +186,28 @@ def test_config_fields_parity(tmp_path, fields):
             assert ((got - ref).abs().max() / ref.abs().max()).item() <= TOL, (sampler_id, karras)
 
 
-@pytest.mark.parametrize("sampler_id", ["euler", "heun", "dpm++2m", "lms"])
-def test_set_begin_index_starts_part_way_as_diffusers_does(tmp_path, sampler_id):
-    """A hand-written img2img loop (diffusers' order: set_timesteps, set_begin_index(t_start * order), then the
-    timesteps from there), both libraries starting from diffusers' add_noise of the same latent."""
+@pytest.mark.parametrize("sampler_id,karras", [("euler", False), ("euler", True), ("heun", False), ("dpm++2m", False),
+                                               ("dpm++2m", True), ("lms", False)])
+def test_set_begin_index_and_add_noise_start_part_way_as_diffusers_does(tmp_path, sampler_id, karras):
+    """A hand-written img2img loop in diffusers' order (set_timesteps, set_begin_index(t_start * order), add_noise
+    at the first kept timestep, then the timesteps from there), each library with its own scheduler: the same
+    start (in the sampler's own space: sigma for Euler, Heun and LMS) and the same result."""
     folder = write_config(tmp_path, timestep_spacing="leading")
     x0, noise = torch.randn(2, 1, 4, 8, 8, generator=torch.Generator().manual_seed(2))
-    theirs = diffusers_scheduler(folder, sampler_id, False)
-    mine = Scheduler.from_config(Scheduler.from_pretrained(folder, subfolder="scheduler").config, sampler_id)
-    out, start = [], None
+    theirs = diffusers_scheduler(folder, sampler_id, karras)
+    mine = Scheduler.from_config(Scheduler.from_pretrained(folder, subfolder="scheduler").config, sampler_id,
+                                 use_karras_sigmas=karras)
+    starts, out = [], []
     for s in (theirs, mine):
         s.set_timesteps(10)
         begin = 4 * s.order
         s.set_begin_index(begin)
         timesteps = s.timesteps[begin:]
-        start = theirs.add_noise(x0, noise, timesteps[:1]) if start is None else start  # before diffusers steps
-        x = start
+        x = s.add_noise(x0, noise, timesteps[:1])
+        starts.append(x)
         for t in timesteps:
             x = s.step(standin(s.scale_model_input(x, t), t), t, x).prev_sample
         out.append(x)
     assert not torch.allclose(out[0], x0, atol=0.1)
-    assert ((out[1] - out[0]).abs().max() / out[0].abs().max()).item() <= TOL
+    for ours, ref in ((starts[1], starts[0]), (out[1], out[0])):
+        assert ((ours - ref).abs().max() / ref.abs().max()).item() <= TOL

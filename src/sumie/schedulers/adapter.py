@@ -24,7 +24,7 @@ import torch
 
 from ..config import read_json
 from ..errors import ConfigError, InputError
-from . import BY_DIFFUSERS_CLASS, Sampling, parse_config, predict, randn, spec_for
+from . import BY_DIFFUSERS_CLASS, Sampling, noised, parse_config, predict, randn, spec_for
 from .schedule import alphas_cumprod_for, sigma_init_noise, sigma_schedule, train_sigmas
 
 
@@ -88,7 +88,7 @@ class Scheduler:
         self.sampling = Sampling.create(self.sampler_id, self._raw, num_inference_steps, karras=self.karras)
         self._whole = self.sampling  # set_begin_index cuts from this
         self.num_inference_steps = num_inference_steps
-        self.timesteps, self._scales = self._visit()
+        self.timesteps, self._evals = self._visit()
         self.timesteps = self.timesteps.to(device or "cpu")
         self._sampler, self._request = None, None
         self._generator = None
@@ -106,18 +106,19 @@ class Scheduler:
 
     def _visit(self) -> tuple[torch.Tensor, dict[float, object]]:
         """Dry-run the sampler on a dummy latent: every timestep the model is called at, in order (Heun and
-        PLMS visit some twice), and the model-input scale at each (a function of the schedule only)."""
+        PLMS visit some twice), and the evaluation at each (its model-input scale and noise level, functions of the
+        schedule only)."""
         dummy = torch.zeros(1)
         sampler = self.sampling.start(dummy, lambda like: torch.zeros_like(like))
-        visited, scales, request = [], {}, next(sampler)
+        visited, evals, request = [], {}, next(sampler)
         while True:
             visited.append(float(request.timestep))
-            scales[float(request.timestep)] = request.scale
+            evals.setdefault(float(request.timestep), request)
             try:
                 request = sampler.send(predict(dummy, request, "epsilon"))
             except StopIteration:
                 integer = self.sampling.schedule.timesteps.dtype == torch.int64
-                return torch.tensor(visited, dtype=torch.int64 if integer else torch.float32), scales
+                return torch.tensor(visited, dtype=torch.int64 if integer else torch.float32), evals
 
     @property
     def init_noise_sigma(self) -> float:
@@ -135,7 +136,7 @@ class Scheduler:
             raise InputError("call scheduler.set_timesteps(num_inference_steps) before sampling")
 
     def _check_in_schedule(self, timestep) -> None:
-        if float(timestep) not in self._scales:
+        if float(timestep) not in self._evals:
             raise InputError(f"timestep {timestep!r} is not in this schedule; use the values of scheduler.timesteps")
 
     def _current(self, sample: torch.Tensor, timestep):
@@ -155,7 +156,7 @@ class Scheduler:
         """The UNet's input for `sample` (any batch size, e.g. doubled for guidance) at `timestep`."""
         self._require_timesteps()
         self._check_in_schedule(timestep)
-        return sample * self._scales[float(timestep)]
+        return sample * self._evals[float(timestep)].scale
 
     def step(self, model_output: torch.Tensor, timestep, sample: torch.Tensor,
              generator: torch.Generator | None = None, return_dict: bool = True):
@@ -171,8 +172,18 @@ class Scheduler:
         return SchedulerOutput(prev, p.x0) if return_dict else (prev,)
 
     def add_noise(self, original: torch.Tensor, noise: torch.Tensor, timesteps: torch.Tensor) -> torch.Tensor:
-        """q(x_t | x0) at the given training timesteps (Ho et al. 2020, eq. 4), in VP space."""
-        ac = self.sampling.schedule.alphas_cumprod if self.sampling else \
-            alphas_cumprod_for(parse_config(self._raw, self.sampler_id))
-        a = ac[timesteps.long().cpu()].to(original.device, original.dtype).reshape(-1, *[1] * (original.ndim - 1))
+        """q(x_t | x0) in the sampler's own space, as diffusers' add_noise: x0 + sigma * noise for the sigma-space
+        samplers (Euler, Heun, LMS), sqrt(abar) x0 + sqrt(1 - abar) noise for the others (Ho et al. 2020, eq. 4).
+        A timestep of the current schedule takes the schedule's own noise level (Karras too); any other, the
+        training schedule's at that integer timestep. One timestep for the batch, or one per image."""
+        steps = timesteps.reshape(-1).tolist()
+        if len(set(steps)) > 1:
+            return torch.cat([self.add_noise(original[i:i + 1], noise[i:i + 1], torch.tensor([t]))
+                              for i, t in enumerate(steps)])
+        request = self._evals.get(float(steps[0])) if self.sampling is not None else None
+        if request is not None:
+            return noised(original, noise, request)
+        a = float(alphas_cumprod_for(parse_config(self._raw, self.sampler_id))[int(steps[0])])
+        if spec_for(self.sampler_id).schedule is sigma_schedule:
+            return original + ((1 - a) / a) ** 0.5 * noise
         return a ** 0.5 * original + (1 - a) ** 0.5 * noise
