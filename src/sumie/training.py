@@ -8,14 +8,14 @@ from __future__ import annotations
 
 import json
 import math
-import os
 import random
 from pathlib import Path
 
 import torch
-from safetensors.torch import load_file, save_file
+from safetensors.torch import load_file
 
 from .tokenizer import CLIPTokenizer
+from .weights.files import write_safetensors
 
 
 def lr_at(step: int, steps: int, peak: float, warmup: int) -> float:
@@ -31,12 +31,9 @@ def step_generator(seed: int, stage: str, step: int) -> tuple[torch.Generator, r
     return torch.Generator().manual_seed(key), random.Random(key)
 
 
-
-
 def save_checkpoint(tensors: dict[str, torch.Tensor], meta: dict, path: Path) -> None:
-    tmp = path.with_name(f".tmp-{path.name}")
-    save_file({k: v.detach().cpu().contiguous() for k, v in tensors.items()}, tmp, metadata={"meta": json.dumps(meta)})
-    os.replace(tmp, path)
+    """Tensors and a JSON-able `meta`, atomically (`weights.files.write_safetensors`)."""
+    write_safetensors(tensors, path, {"meta": json.dumps(meta)})
 
 
 def load_checkpoint(path: Path) -> tuple[dict[str, torch.Tensor], dict]:
