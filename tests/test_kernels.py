@@ -40,3 +40,24 @@ def test_eager_convolution_with_other_paddings(padding):
     with torch.no_grad():
         for y in [run(x, w, b, padding) for run in kernels.EAGER.values()] + [kernels.conv2d(x, w, b, padding=padding)]:
             assert y.shape == exact.shape and (y.double() - exact).abs().max() < 5e-5  # oneDNN's own: up to 3e-5
+
+
+@pytest.mark.parametrize("algorithm", ["direct", "im2col", "winograd"])
+def test_bfloat16_convolutions_are_tuned_apart_and_take_each_algorithm(force, monkeypatch, algorithm):
+    """bfloat16 CPU inference takes the tuned algorithm too, under a key of its own, within bfloat16's
+    rounding of a float64 convolution (the direct one's error is about 3e-3 of the largest value)."""
+    from sumie.speed import kernels, tuning
+    taken, keys = [], []
+    force(algorithm)
+    forced = tuning.choose
+    monkeypatch.setattr(tuning, "choose", lambda key, *a: keys.append(key) or forced(key, *a))
+    for name, run in kernels.EAGER.items():
+        monkeypatch.setitem(kernels.EAGER, name, lambda *a, _run=run, _name=name: taken.append(_name) or _run(*a))
+    torch.manual_seed(0)
+    conv = kernels.by_shape(torch.nn.Conv2d(640, 640, 3, padding=1)).to(torch.bfloat16)
+    x = torch.randn(2, 640, 8, 8, dtype=torch.bfloat16)
+    with torch.no_grad():
+        exact = torch.nn.functional.conv2d(x.double(), conv.weight.double(), conv.bias.double(), padding=1)
+        y = conv(x)
+    assert taken == [algorithm] and keys == ["eager 3x3 640x8x8->640 pad 1,1 bfloat16"]
+    assert y.dtype == torch.bfloat16 and (y.double() - exact).abs().max() < 1.5e-2 * exact.abs().max()

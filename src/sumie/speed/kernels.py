@@ -13,7 +13,8 @@ that conversion can cost more than the arithmetic. Three algorithms, all exact u
 
 `by_shape(model)` gives every zero-padded Conv2d of a model a forward that takes the algorithm `tuning`
 chose for its shape. Nothing is cached in the model, so memory stays that of the weights. Anything but
-float32 CPU inference takes `F.conv2d`; so does everything with SUMIE_TUNE=0.
+float32 or bfloat16 CPU inference takes `F.conv2d`; so does everything with SUMIE_TUNE=0. A bfloat16 call is
+tuned apart from a float32 one (`key`).
 """
 
 from __future__ import annotations
@@ -27,11 +28,12 @@ from torch import nn
 from . import tuning, winograd
 
 IM2COL_MAX_BYTES = 64 << 20  # im2col's columns for one image, at most
+CPU_DTYPES = (torch.float32, torch.bfloat16)
 
 
 def cpu_inference(x: torch.Tensor, weight: torch.Tensor) -> bool:
-    """Float32 CPU inference outside torch.compile tracing: where the CPU algorithms apply."""
-    return (x.device.type == "cpu" and x.dtype == weight.dtype == torch.float32
+    """Float32 or bfloat16 CPU inference outside torch.compile tracing: where the CPU algorithms apply."""
+    return (x.device.type == "cpu" and x.dtype == weight.dtype and x.dtype in CPU_DTYPES
             and not (torch.is_grad_enabled() and (x.requires_grad or weight.requires_grad))
             and not torch.compiler.is_compiling())
 
@@ -42,9 +44,10 @@ def im2col_fits(x: torch.Tensor) -> bool:
 
 
 def key(mode: str, x: torch.Tensor, out_channels: int, padding) -> str:
-    """The name of a 3x3 convolution's shape for `tuning`: everything but the batch."""
+    """The name of a 3x3 convolution's shape and dtype for `tuning`: everything but the batch."""
     C, H, W = x.shape[1:]
-    return f"{mode} 3x3 {C}x{H}x{W}->{out_channels} pad {padding[0]},{padding[1]}"
+    dtype = "" if x.dtype == torch.float32 else f" {str(x.dtype).removeprefix('torch.')}"
+    return f"{mode} 3x3 {C}x{H}x{W}->{out_channels} pad {padding[0]},{padding[1]}{dtype}"
 
 
 def im2col_conv3x3(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None,

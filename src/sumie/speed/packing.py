@@ -7,17 +7,17 @@ arithmetic. `pack(model)` makes each Conv2d and Linear convert its weight once (
 it sees) and keep the converted copy. A 3x3 stride-1 convolution instead keeps the weight its algorithm
 needs, the algorithm measured fastest for its shape on this machine (`tuning`, as in `kernels`), among
 PACKED: oneDNN's packed weight, im2col on the weight as stored (no copy), Winograd F(2x2, 3x3) or
-F(4x4, 3x3) on the transformed weight (16/9 or 4x the weight's size; F(4x4, 3x3) only where that copy is
-small beside the layer's activations, `_fits`). The numbers are the same within the parity tests'
-tolerance. The process holds a second copy of most weights, which is why this is an option and not the
+F(4x4, 3x3) on the transformed weight (16/9 or 4x the weight's size; F(4x4, 3x3) only in float32, and only
+where that copy is small beside the layer's activations, `_fits`). The numbers are the same within the parity
+tests' tolerance. The process holds a second copy of most weights, which is why this is an option and not the
 default; where the original is a view of the weights file, its pages are given back once the copy is made
 (`pages.release`). Its speed and memory: docs/benchmarks.md.
 
 Each layer keeps one copy, remade when the weight changes (in-place edits bump its version), when the
 algorithm changes, or, for oneDNN's, when the input shape changes; a Linear's serves every number of rows.
 The VAE's bands (`bands.conv_rows`) run every band of a layer by the algorithm tuned for its first band.
-Anything but float32 CPU inference (training, CUDA, half precision, torch.compile tracing) takes the
-layer's ordinary forward.
+bfloat16 is packed as float32 is (oneDNN's bfloat16 kernels). Anything but float32 or bfloat16 CPU inference
+(training, CUDA, float16, torch.compile tracing) takes the layer's ordinary forward.
 """
 
 from __future__ import annotations
@@ -67,11 +67,12 @@ def _fits(name: str, x: torch.Tensor) -> bool:
     """Whether PACKED algorithm `name` is a candidate for x (B, C, H, W): im2col where its columns fit, and
     F(4x4, 3x3) where its transformed weight (36 C O values) is at most WINOGRAD4_MAX_GROWTH times the
     layer's output for one image (O H W values), so that its copy stays small beside the activations
-    (memory, not speed): 36 C <= WINOGRAD4_MAX_GROWTH H W."""
+    (memory, not speed): 36 C <= WINOGRAD4_MAX_GROWTH H W. Not in bfloat16: its transforms' large
+    coefficients (Lavin and Gray 2016) take its error to about 30x the direct convolution's there."""
     if name == "im2col":
         return im2col_fits(x)
     if name == "winograd4":
-        return 36 * x.shape[1] <= WINOGRAD4_MAX_GROWTH * x.shape[-2] * x.shape[-1]
+        return x.dtype == torch.float32 and 36 * x.shape[1] <= WINOGRAD4_MAX_GROWTH * x.shape[-2] * x.shape[-1]
     return True
 
 
@@ -94,7 +95,7 @@ def conv3x3(conv: nn.Conv2d, x: torch.Tensor, padding: tuple[int, int], name: st
 
 
 def packed_3x3(conv: nn.Module, x: torch.Tensor) -> bool:
-    """Whether `conv` is a packed 3x3 stride-1 convolution and x an input `conv3x3` runs (float32 CPU inference)."""
+    """Whether `conv` is a packed 3x3 stride-1 convolution and x an input `conv3x3` runs (CPU inference)."""
     forward = conv.__dict__.get("forward")
     return (getattr(forward, "__func__", None) is _conv2d and winograd.plain_3x3(conv) and x.dim() == 4
             and cpu_inference(x, conv.weight))
