@@ -56,7 +56,13 @@ def im2col_conv3x3(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | N
     B, C, H, W = x.shape
     O = weight.shape[0]
     columns = F.unfold(x, 3, padding=padding)  # (B, 9C, H'W'): row 9c + 3i + j is x[c] at offset (i, j) of a window
-    y = torch.matmul(weight.reshape(O, 9 * C), columns)  # (B, O, H'W'); a copy if weight is channels-last
+    weight = weight.reshape(O, 9 * C)  # a copy if weight is channels-last
+    if x.dtype == torch.float32:
+        y = torch.matmul(weight, columns)  # (B, O, H'W')
+    else:  # torch's batched bfloat16 product with a shared weight is slow: a product per image
+        y = columns.new_empty(B, O, columns.shape[-1])
+        for i in range(B):
+            torch.mm(weight, columns[i], out=y[i])
     if bias is not None:
         y += bias[:, None]
     return y.view(B, O, H + 2 * padding[0] - 2, W + 2 * padding[1] - 2)
