@@ -130,3 +130,25 @@ def test_nan_from_a_bfloat16_unet_is_a_clear_error(tiny):
             half(prompt="a cat", num_inference_steps=2, seed=0)
     finally:
         hook.remove()
+
+
+def test_server_serves_in_bfloat16(tiny):
+    """`sumie serve --dtype bfloat16`: A1111's txt2img answers with the bfloat16 pipeline's image, not float32's."""
+    import base64
+    import io
+
+    import httpx
+    from server_util import Server
+    s = Server("--model", "sumie-tiny", "--dtype", "bfloat16")
+    try:
+        body = dict(prompt=PROMPTS[0], seed=3, steps=6, width=64, height=64, cfg_scale=5, sampler_name="Euler")
+        r = httpx.post(s.url + "/sdapi/v1/txt2img", json=body, timeout=300)
+        assert r.status_code == 200, r.text
+    finally:
+        s.stop()
+    served = np.asarray(Image.open(io.BytesIO(base64.b64decode(r.json()["images"][0]))).convert("RGB"), float)
+    for p in tiny.values():
+        p.scheduler = Scheduler.from_config(p.scheduler.config, "euler")
+    full, half = (np.round(tiny[d](PROMPTS[0], seed=3, num_inference_steps=6, guidance_scale=5, output_type="np",
+                                   prompt_syntax="a1111").images[0] * 255) for d in (F32, BF16))
+    assert np.abs(served - half).max() <= 1 < np.abs(served - full).max()

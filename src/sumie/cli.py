@@ -204,10 +204,11 @@ def cmd_serve(args) -> int:
             raise InputError(f"{flag} {folder}: not a folder")
     if not 1 <= args.queue_size <= 1024:
         raise InputError(f"--queue-size must be from 1 to 1024 (got {args.queue_size})")
-    device, _ = device_and_dtype(args.device or "cpu", "float32")
+    device, dtype = device_and_dtype(args.device or "cpu", args.dtype or "float32")
     serve(args.model or tiny.NAME, host=args.host, port=args.port, outdir=args.outdir, api_key=args.api_key,
-          api_auth=args.api_auth, queue_size=args.queue_size, device=str(device), request_timeout=args.timeout,
-          embeddings=folder_beside(args.embeddings, args.outdir, "embeddings"), allow_pickle=args.allow_pickle,
+          api_auth=args.api_auth, queue_size=args.queue_size, device=str(device), dtype=dtype,
+          request_timeout=args.timeout, embeddings=folder_beside(args.embeddings, args.outdir, "embeddings"),
+          allow_pickle=args.allow_pickle,
           lora_dir=folder_beside(args.lora_dir, args.outdir, "loras"), model_dir=args.model_dir,
           styles=args.styles or ("styles.csv" if Path("styles.csv").is_file() else None), vae_dir=args.vae_dir,
           preview_vae=args.preview_vae, warn=lambda text: print(text, file=sys.stderr))
@@ -384,6 +385,7 @@ def build_parser() -> argparse.ArgumentParser:
     sv.add_argument("--queue-size", dest="queue_size", type=_int, default=16, help="jobs waiting at most (default 16)")
     sv.add_argument("--timeout", type=float, default=600.0, help="seconds a request may wait and run (default 600)")
     sv.add_argument("--device", help="cpu (default), cuda, mps")
+    sv.add_argument("--dtype", choices=sorted(DTYPES), help="default: float32 (bfloat16: see docs/speed.md)")
     sv.add_argument("--embeddings", metavar="DIR", help="textual-inversion embeddings, each usable in a prompt by "
                                                         "its file name (default: embeddings/ beside --outdir)")
     sv.add_argument("--lora-dir", dest="lora_dir", metavar="DIR",

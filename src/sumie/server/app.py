@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
+import torch
 import uvicorn
 from fastapi import Depends, FastAPI, Request
 from fastapi.exceptions import RequestValidationError
@@ -54,19 +55,20 @@ def _invalid(request: Request, exc: RequestValidationError):
 
 def serve(model: str, *, host: str = "127.0.0.1", port: int = 7860, outdir: str | None = None,
           api_key: str | None = None, api_auth: str | None = None, queue_size: int = 16,
-          device: str = "cpu", request_timeout: float = 600.0, embeddings: str | Path | None = None,
+          device: str = "cpu", dtype: torch.dtype | None = None, request_timeout: float = 600.0, embeddings: str | Path | None = None,
           allow_pickle: bool = False, lora_dir: str | Path | None = None, model_dir: str | Path | None = None,
           styles: str | Path | None = None, vae_dir: str | Path | None = None,
           preview_vae: str | Path | None = None, warn=print) -> None:
     """`sumie serve`: load `model` (with the textual-inversion embeddings in `embeddings` and the LoRA folder), then
-    serve it with uvicorn until stopped. Clients may switch to the other checkpoints of `model_dir`."""
+    serve it with uvicorn until stopped, its networks in `dtype` (default: float32). Clients may switch to the other
+    checkpoints of `model_dir`."""
     if host not in LOCAL_HOSTS and not (api_key or api_auth):
         warn(f"sumie: warning: serving on {host} with no --api-key: anyone who can reach this port can use it")
     known_styles = read_styles(styles) if styles is not None else {}  # a bad file fails before the model loads
-    tiny_vae = load_tiny_vae(preview_vae).to(device) if preview_vae is not None else None
+    tiny_vae = load_tiny_vae(preview_vae, dtype=dtype).to(device) if preview_vae is not None else None
 
     def load(path: str) -> StableDiffusionPipeline:
-        pipe = load_pipeline(path, allow_pickle=False).to(device)
+        pipe = load_pipeline(path, torch_dtype=dtype, allow_pickle=False).to(device)
         pipe.set_progress_bar_config(disable=True)
         if embeddings is not None:
             pipe.embeddings.load_dir(embeddings, allow_pickle=allow_pickle)
