@@ -11,11 +11,11 @@ diffusers process. diffusers runs with the glibc malloc settings that sumie sets
 as a diffusers user gets it. Load time, warm-up and peak RSS: each library alone in its own process,
 `--repeats` processes, medians reported. Ratios are sumie / diffusers. float32, guidance 7.5, 2 threads.
 `--avx2` caps torch's, oneDNN's and MKL's kernels at AVX2 in every process: issue 7's targets name an AVX2
-machine, and this one has AVX-512. `--bf16` adds sumie in bfloat16 against diffusers in bfloat16 (both
-`torch_dtype=torch.bfloat16`). `--sizes 256` measures the UNet and VAE at 256² only. `--alone-only` measures
-only load, warm-up and peak RSS, and prints them. `--write` refreshes the
-section of docs/benchmarks.md named after the machine's CPU ("Engine on ... (issue 24)"): one per CPU model. The model is written once into benchmarks/.cache/ by benchmarks/load.py's
-`write_model`.
+machine, and this one has AVX-512. `--bf16` adds sumie in bfloat16 (and with `--compile`, `compile()` in
+bfloat16) against diffusers in bfloat16 (both `torch_dtype=torch.bfloat16`). `--sizes 256` measures the UNet
+and VAE at 256² only. `--alone-only` measures only load, warm-up and peak RSS, and prints them. `--write`
+refreshes the section of docs/benchmarks.md named after the machine's CPU ("Engine on ... (issue 24)"): one per
+CPU model. The model is written once into benchmarks/.cache/ by benchmarks/load.py's `write_model`.
 """
 
 from __future__ import annotations
@@ -56,7 +56,7 @@ def build(lib):
         pipe.scheduler = diffusers.EulerDiscreteScheduler.from_config(pipe.scheduler.config)
     out.setdefault("load", time.perf_counter() - start)
     pipe.set_progress_bar_config(disable=True)
-    if lib == "sumie-compiled":
+    if lib.startswith("sumie-compiled"):
         pipe.compile()  # on CPU: packed weights
     elif lib == "sumie-inductor":
         pipe.compile(backend="inductor")
@@ -188,10 +188,11 @@ def main() -> None:
     from load import write_model
     folder, _ = write_model()
     mine = ["sumie"] + (["sumie-compiled"] if args.compile else []) + (["sumie-inductor"] if args.inductor else []) \
-        + (["sumie-bf16"] if args.bf16 else [])
+        + (["sumie-bf16"] if args.bf16 else []) \
+        + (["sumie-compiled-bf16"] if args.bf16 and args.compile else [])
     # each sumie variant takes turns with a diffusers process of its own: all of them at once would need
     # more than this 24 GiB machine has, and the kernel would drop and re-read sumie's memory-mapped weights
-    partner = lambda lib: "diffusers-bf16" if lib == "sumie-bf16" else "diffusers"  # the diffusers it runs against
+    partner = lambda lib: "diffusers-bf16" if lib.endswith("-bf16") else "diffusers"  # the diffusers it runs against
     if args.alone_only:
         for lib in mine + ["diffusers"]:
             for _ in range(args.repeats):
@@ -209,7 +210,9 @@ def main() -> None:
     import torch
     command = "python benchmarks/compare.py " + " ".join(a for a in sys.argv[1:] if a != "--write")
     names = {"sumie": "sumie", "sumie-compiled": "sumie compile() (packed)",
-             "sumie-inductor": "sumie compile(backend='inductor')", "sumie-bf16": "sumie bfloat16 (vs diffusers bfloat16)"}
+             "sumie-inductor": "sumie compile(backend='inductor')",
+             "sumie-bf16": "sumie bfloat16 (vs diffusers bfloat16)",
+             "sumie-compiled-bf16": "sumie compile() bfloat16 (vs diffusers bfloat16)"}
     lines = [f"- Machine: {cpu}, 2 threads; torch {torch.__version__}; float32"
              + (" (bfloat16 where named)" if args.bf16 else ""),
              f"- Command: `{command.strip()}`. Timings: diffusers and one sumie variant each in a process of its "

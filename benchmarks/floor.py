@@ -8,7 +8,8 @@ the tiling this machine's tuning chose, `packed_tile`), measures the float32 GEM
 memory (a sum over 1 GiB), times sumie's UNet step eager and packed (`sumie.speed.packing`, what `compile()` does
 on CPU) in one process, and splits the packed step by layer kind, timed around each layer (no profiler,
 whose own cost distorts the split): the arithmetic each kind does, its rate, and for 3x3 convolutions the
-weights each reads. `--write` refreshes the "UNet step floor" section of docs/benchmarks.md.
+weights each reads. `--write` refreshes the "UNet step floor on CPU" section of docs/benchmarks.md, one per CPU
+model (issue 7's, on an Intel Xeon, is headed "UNet step floor (issue 7)").
 """
 
 from __future__ import annotations
@@ -155,7 +156,7 @@ def main() -> None:
     rest = packed - sum(v[0] for v in split.values())
     lines.append(f"| everything else (attention, norms, activations, residuals) | {rest * 1e3:.0f} ms | "
                  f"{rest / packed:.0%} | | | | |")
-    report("## UNet step floor (issue 7)", lines, args.write)
+    report(f"## UNet step floor on {machine()} (issue 24)", lines, args.write)
 
 
 if __name__ == "__main__":
