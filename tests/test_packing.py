@@ -92,6 +92,8 @@ def test_packing_gives_back_a_mapped_weights_pages_but_never_a_written_one(tmp_p
             assert torch.equal(linear(x), expected)  # read back from the file, or kept with the write
 
 
+@pytest.mark.skipif(not __import__("sumie.speed.kernels", fromlist=["x"]).onednn_bfloat16(),
+                    reason="oneDNN computes no bfloat16 on this CPU")
 @pytest.mark.parametrize("algorithm", ["onednn", "im2col", "winograd2"])
 def test_bfloat16_is_packed_by_each_algorithm_but_winograd4(force, monkeypatch, algorithm):
     """bfloat16 layers keep packed weights as float32 ones do, within bfloat16's rounding of float64. F(4x4, 3x3)
@@ -116,3 +118,28 @@ def test_bfloat16_is_packed_by_each_algorithm_but_winograd4(force, monkeypatch, 
         exact = torch.nn.functional.linear(rows.double(), linear.weight.double(), linear.bias.double())
         assert (linear(rows).double() - exact).abs().max() < 1.5e-2 * exact.abs().max()
         assert linear.__dict__["_packed"][0][0] == "linear"
+
+
+def test_bfloat16_without_onednn_takes_the_ordinary_forward():
+    """Capped at AVX2 (ONEDNN_MAX_CPU_ISA), oneDNN has no bfloat16 reorder: a packed bfloat16 model then runs
+    nn's forwards and keeps no copy, instead of failing."""
+    import os
+    import subprocess
+    import sys
+    code = """
+import torch
+from sumie.speed import kernels, packing
+torch.manual_seed(0)
+model = torch.nn.Sequential(torch.nn.Conv2d(8, 16, 3, padding=1), torch.nn.Flatten(2), torch.nn.Linear(36, 5))
+model = model.to(torch.bfloat16)
+x = torch.randn(2, 8, 6, 6, dtype=torch.bfloat16)
+with torch.no_grad():
+    plain = model(x)
+    packing.pack(model)
+    assert torch.equal(model(x), plain)
+assert not kernels.onednn_bfloat16() and "_packed" not in model[0].__dict__ and "_packed" not in model[2].__dict__
+"""
+    run = subprocess.run([sys.executable, "-c", code], env={**os.environ, "ONEDNN_MAX_CPU_ISA": "AVX2"},
+                         capture_output=True, text=True, timeout=120)
+    assert run.returncode == 0, run.stderr
+

@@ -55,9 +55,9 @@ def _invalid(request: Request, exc: RequestValidationError):
 
 def serve(model: str, *, host: str = "127.0.0.1", port: int = 7860, outdir: str | None = None,
           api_key: str | None = None, api_auth: str | None = None, queue_size: int = 16,
-          device: str = "cpu", dtype: torch.dtype | None = None, request_timeout: float = 600.0, embeddings: str | Path | None = None,
-          allow_pickle: bool = False, lora_dir: str | Path | None = None, model_dir: str | Path | None = None,
-          styles: str | Path | None = None, vae_dir: str | Path | None = None,
+          device: str = "cpu", dtype: torch.dtype | None = None, request_timeout: float = 600.0,
+          embeddings: str | Path | None = None, allow_pickle: bool = False, lora_dir: str | Path | None = None,
+          model_dir: str | Path | None = None, styles: str | Path | None = None, vae_dir: str | Path | None = None,
           preview_vae: str | Path | None = None, warn=print) -> None:
     """`sumie serve`: load `model` (with the textual-inversion embeddings in `embeddings` and the LoRA folder), then
     serve it with uvicorn until stopped, its networks in `dtype` (default: float32). Clients may switch to the other

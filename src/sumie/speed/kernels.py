@@ -13,12 +13,13 @@ that conversion can cost more than the arithmetic. Three algorithms, all exact u
 
 `by_shape(model)` gives every zero-padded Conv2d of a model a forward that takes the algorithm `tuning`
 chose for its shape. Nothing is cached in the model, so memory stays that of the weights. Anything but
-float32 or bfloat16 CPU inference takes `F.conv2d`; so does everything with SUMIE_TUNE=0. A bfloat16 call is
-tuned apart from a float32 one (`key`).
+float32 CPU inference, or bfloat16 where oneDNN computes it (`onednn_bfloat16`), takes `F.conv2d`; so does
+everything with SUMIE_TUNE=0. A bfloat16 call is tuned apart from a float32 one (`key`).
 """
 
 from __future__ import annotations
 
+import functools
 import types
 
 import torch
@@ -28,12 +29,25 @@ from torch import nn
 from . import tuning, winograd
 
 IM2COL_MAX_BYTES = 64 << 20  # im2col's columns for one image, at most
-CPU_DTYPES = (torch.float32, torch.bfloat16)
+
+
+@functools.cache
+def onednn_bfloat16() -> bool:
+    """Whether oneDNN computes bfloat16 on this CPU (it needs AVX-512 BW/VL/DQ, AVX-NE-CONVERT or AMX), tried once
+    on a small weight: an ISA cap (ONEDNN_MAX_CPU_ISA) can hide what the CPU lists."""
+    try:
+        torch.ops.mkldnn._reorder_convolution_weight(torch.zeros(1, 1, 3, 3, dtype=torch.bfloat16), [1, 1], [1, 1],
+                                                     [1, 1], 1, [1, 1, 3, 3])
+    except (RuntimeError, AttributeError):
+        return False
+    return True
 
 
 def cpu_inference(x: torch.Tensor, weight: torch.Tensor) -> bool:
-    """Float32 or bfloat16 CPU inference outside torch.compile tracing: where the CPU algorithms apply."""
-    return (x.device.type == "cpu" and x.dtype == weight.dtype and x.dtype in CPU_DTYPES
+    """Float32 (or, where oneDNN computes it, bfloat16) CPU inference outside torch.compile tracing: where the CPU
+    algorithms apply."""
+    return (x.device.type == "cpu" and x.dtype == weight.dtype
+            and (x.dtype == torch.float32 or x.dtype == torch.bfloat16 and onednn_bfloat16())
             and not (torch.is_grad_enabled() and (x.requires_grad or weight.requires_grad))
             and not torch.compiler.is_compiling())
 

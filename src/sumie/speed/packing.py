@@ -16,8 +16,8 @@ default; where the original is a view of the weights file, its pages are given b
 Each layer keeps one copy, remade when the weight changes (in-place edits bump its version), when the
 algorithm changes, or, for oneDNN's, when the input shape changes; a Linear's serves every number of rows.
 The VAE's bands (`bands.conv_rows`) run every band of a layer by the algorithm tuned for its first band.
-bfloat16 is packed as float32 is (oneDNN's bfloat16 kernels). Anything but float32 or bfloat16 CPU inference
-(training, CUDA, float16, torch.compile tracing) takes the layer's ordinary forward.
+bfloat16 is packed as float32 is where oneDNN computes it (`kernels.onednn_bfloat16`). Anything else (training,
+CUDA, float16, bfloat16 on other CPUs, torch.compile tracing) takes the layer's ordinary forward.
 """
 
 from __future__ import annotations
