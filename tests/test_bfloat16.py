@@ -6,6 +6,8 @@ The bounds are mean levels of 255 per image. On sumie-tiny, 6 steps, two prompts
 gave at most 6.0 (Heun); a trajectory that forks to another shape moves single pixels by up to 200 levels, so
 maxima are not bounded. An image that is wrong (guidance dropped, noise) is off by tens of levels."""
 
+from pathlib import Path
+
 import numpy as np
 import pytest
 import torch
@@ -15,6 +17,7 @@ from sumie import (NumericalError, StableDiffusionImg2ImgPipeline, StableDiffusi
                    StableDiffusionPipeline, StableDiffusionXLPipeline)
 from sumie.schedulers.adapter import Scheduler
 from sumie.schedulers.registry import SAMPLERS
+from sumie.speed.kernels import onednn_bfloat16
 
 BF16, F32 = torch.bfloat16, torch.float32
 BOUND = 12  # mean levels, each image
@@ -61,7 +64,6 @@ def test_packed_bfloat16_is_close_to_eager(tiny):
     packed = pair(StableDiffusionPipeline, "sumie-tiny")[BF16].compile()
     packed.scheduler = Scheduler.from_config(half.scheduler.config, "euler")
     images = packed(**kw).images
-    from sumie.speed.kernels import onednn_bfloat16
     kept = ["_packed" in m.__dict__ for m in (packed.unet.conv_in, packed.vae.decoder.conv_out)]
     assert kept == [onednn_bfloat16()] * 2  # elsewhere bfloat16 takes the ordinary forward
     assert np.isfinite(images).all() and levels(images, eager).max() < BOUND
@@ -91,7 +93,7 @@ def test_taesd_and_lora_in_bfloat16(sd1_folder, tmp_path):
     tiny = pair(StableDiffusionPipeline, "sumie-tiny")
     plain = tiny[BF16](prompt="a diamond", num_inference_steps=6, seed=7, output_type="np").images
     for p in tiny.values():
-        p.load_lora_weights(__import__("pathlib").Path(__file__).parent / "data" / "tiny-diamond-lora.safetensors")
+        p.load_lora_weights(Path(__file__).parent / "data" / "tiny-diamond-lora.safetensors")
     half = close(tiny, prompt="a diamond", num_inference_steps=6, seed=7)
     assert levels(half, plain).max() > BOUND  # the LoRA acted
 

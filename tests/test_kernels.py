@@ -3,6 +3,8 @@
 import pytest
 import torch
 
+from sumie.speed.kernels import onednn_bfloat16
+
 
 @pytest.mark.parametrize("algorithm", ["direct", "im2col", "winograd"])
 @pytest.mark.parametrize("channels,size,batch", [((1280, 1280), 4, 2), ((640, 1280), 8, 2), ((320, 320), 9, 1),
@@ -42,8 +44,7 @@ def test_eager_convolution_with_other_paddings(padding):
             assert y.shape == exact.shape and (y.double() - exact).abs().max() < 5e-5  # oneDNN's own: up to 3e-5
 
 
-@pytest.mark.skipif(not __import__("sumie.speed.kernels", fromlist=["x"]).onednn_bfloat16(),
-                    reason="oneDNN computes no bfloat16 on this CPU")
+@pytest.mark.skipif(not onednn_bfloat16(), reason="oneDNN computes no bfloat16 on this CPU")
 @pytest.mark.parametrize("algorithm", ["direct", "im2col", "winograd"])
 def test_bfloat16_convolutions_are_tuned_apart_and_take_each_algorithm(force, monkeypatch, algorithm):
     """bfloat16 CPU inference takes the tuned algorithm too, under a key of its own, within bfloat16's

@@ -3,6 +3,8 @@
 import pytest
 import torch
 
+from sumie.speed.kernels import onednn_bfloat16
+
 
 def test_packed_weights_follow_edits_and_step_aside_for_training():
     from sumie.speed import packing
@@ -92,8 +94,7 @@ def test_packing_gives_back_a_mapped_weights_pages_but_never_a_written_one(tmp_p
             assert torch.equal(linear(x), expected)  # read back from the file, or kept with the write
 
 
-@pytest.mark.skipif(not __import__("sumie.speed.kernels", fromlist=["x"]).onednn_bfloat16(),
-                    reason="oneDNN computes no bfloat16 on this CPU")
+@pytest.mark.skipif(not onednn_bfloat16(), reason="oneDNN computes no bfloat16 on this CPU")
 @pytest.mark.parametrize("algorithm", ["onednn", "im2col", "winograd2"])
 def test_bfloat16_is_packed_by_each_algorithm_but_winograd4(force, monkeypatch, algorithm):
     """bfloat16 layers keep packed weights as float32 ones do, within bfloat16's rounding of float64. F(4x4, 3x3)
