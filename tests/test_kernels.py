@@ -64,3 +64,34 @@ def test_bfloat16_convolutions_are_tuned_apart_and_take_each_algorithm(force, mo
         y = conv(x)
     assert taken == [algorithm] and keys == ["eager 3x3 640x8x8->640 pad 1,1 bfloat16"]
     assert y.dtype == torch.bfloat16 and (y.double() - exact).abs().max() < 1.5e-2 * exact.abs().max()
+
+
+@pytest.mark.parametrize("algorithm", ["blas", "onednn"])
+@pytest.mark.parametrize("x_shape,out,bias", [((2, 77, 768), 320, True), ((2, 16, 64), 32, False),
+                                              ((3, 320), 1280, True), ((2, 8, 4, 96), 48, True)])
+def test_each_linear_algorithm_equals_float64(force, monkeypatch, x_shape, out, bias, algorithm):
+    """The models' Linear in float32 CPU inference takes the algorithm tuning chose, within float rounding of a
+    float64 product, for inputs of 2 to 4 dimensions and a transposed (non-contiguous) one; with gradients on, or
+    in bfloat16, always F.linear."""
+    from sumie.speed import kernels
+    if algorithm == "onednn" and not kernels.onednn_linear():
+        pytest.skip("this torch has no oneDNN linear")
+    taken = []
+    force(algorithm)
+    for name, run in kernels.LINEAR.items():
+        monkeypatch.setitem(kernels.LINEAR, name, lambda *a, _run=run, _name=name: taken.append(_name) or _run(*a))
+    torch.manual_seed(0)
+    layer = kernels.by_shape(torch.nn.Sequential(torch.nn.Linear(x_shape[-1], out, bias=bias)))[0]
+    x = torch.randn(x_shape)
+    for x in (x, x.transpose(0, -2).contiguous().transpose(0, -2)):
+        with torch.no_grad():
+            exact = torch.nn.functional.linear(x.double(), layer.weight.double(),
+                                               layer.bias.double() if bias else None)
+            y = layer(x)
+        assert y.shape == exact.shape and (y.double() - exact).abs().max() < 2e-5
+    assert taken == [algorithm] * 2
+    taken.clear()
+    layer(x.requires_grad_()).sum().backward()
+    with torch.no_grad():
+        layer.to(torch.bfloat16)(x.to(torch.bfloat16))
+    assert taken == [] and layer.weight.grad is not None

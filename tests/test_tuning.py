@@ -89,3 +89,16 @@ def test_an_unwritable_cache_keeps_choices_in_the_process(tmp_path, monkeypatch)
     monkeypatch.setattr(tuning, "TUNER", t)
     key = conv_once()
     assert key in t.choices and len(t.timings) == 1
+
+
+@pytest.mark.skipif(not kernels.onednn_linear(), reason="this torch has no oneDNN linear")
+@pytest.mark.parametrize("slow", ["blas", "onednn"])
+def test_a_forced_slow_linear_is_never_chosen(tuner, monkeypatch, slow):
+    """A Linear's two algorithms, one made 50 ms slower: the other is kept, under a key naming the rows of one
+    image and not the batch."""
+    monkeypatch.setitem(kernels.LINEAR, slow, slowed(kernels.LINEAR[slow]))
+    torch.manual_seed(0)
+    layer = kernels.by_shape(torch.nn.Sequential(torch.nn.Linear(640, 640)))
+    with torch.no_grad():
+        layer(torch.randn(2, 1024, 640))
+    assert tuner.choices == {"eager linear 640->640 rows 1024": {"blas": "onednn", "onednn": "blas"}[slow]}

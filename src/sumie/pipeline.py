@@ -109,8 +109,8 @@ class StableDiffusionPipeline:
         self.loras = LoRAs({"unet": unet, "text_encoder": text_encoder})  # see load_lora_weights()
         self.lora_library: Library | None = None  # the folder <lora:NAME:...> tags name files in
         self.exact_plms = False  # img2img with PLMS: diffusers' start (False) or the exact one (see from_strength)
-        for model in (self.unet, self.vae):
-            kernels.by_shape(model)  # on CPU, each 3x3 convolution by the algorithm fastest for its shape
+        for model in (self.unet, self.vae, self.text_encoder):
+            kernels.by_shape(model)  # on CPU, each 3x3 convolution and Linear by the algorithm fastest for its shape
         allocator.keep_freed_memory()  # activations reuse freed memory instead of faulting pages back in
 
     @classmethod

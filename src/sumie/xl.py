@@ -28,6 +28,7 @@ from .errors import InputError
 from .lora import LoRAs
 from .pipeline import Init, PipelineOutput, StableDiffusionPipeline, _check_strength
 from .schedulers.adapter import Scheduler
+from .speed import kernels
 
 
 class XLText(NamedTuple):
@@ -102,6 +103,7 @@ class StableDiffusionXLPipeline(StableDiffusionPipeline):
                          unet=unet, scheduler=scheduler, source=source)
         self.text_encoder, self.tokenizer = text_encoder, tokenizer  # None in the refiner
         self.text_encoder_2, self.tokenizer_2 = text_encoder_2, tokenizer_2
+        kernels.by_shape(text_encoder_2)  # as the base class does for the other networks
         self.force_zeros_for_empty_prompt = force_zeros_for_empty_prompt
         self.requires_aesthetics_score = requires_aesthetics_score
         self.paired_negative_sizes = False  # True: fix diffusers' batch layout of the sizes (see _unet_inputs)

@@ -2,8 +2,8 @@
 `torch.nn`; nothing here changes what they compute beyond float rounding (each option is tested against
 the plain path's images).
 
-- `kernels`: `by_shape(model)`, each 3x3 convolution by the exact algorithm fastest for its shape (the
-  pipeline's default on CPU);
+- `kernels`: `by_shape(model)`, each 3x3 convolution and Linear by the exact algorithm fastest for its shape
+  (the pipeline's default on CPU);
 - `winograd`: Winograd's minimal filtering for 3x3 convolutions, used by `kernels` and `packing`;
 - `packing`: `pack(model)`, weights kept in oneDNN's layout (`pipe.compile()` on a CPU);
 - `pages`: the memory-mapped originals' pages given back once a packed copy replaces them;

@@ -1,5 +1,5 @@
-"""Kernel choice, a pass on a built model: on CPU inference, each 3x3 convolution runs by the exact algorithm
-measured fastest for its shape on this machine (`tuning`).
+"""Kernel choice, a pass on a built model: on CPU inference, each 3x3 convolution and each float32 Linear runs
+by the exact algorithm measured fastest for its shape on this machine (`tuning`).
 
 oneDNN, which runs `F.conv2d` on x86 CPUs, converts the weight into its own blocked layout on every call.
 Where the weights are large and the image small (the UNet's 1280-channel layers at 8x8 and 4x4 positions)
@@ -11,10 +11,17 @@ that conversion can cost more than the arithmetic. Three algorithms, all exact u
   copy of one image stays under IM2COL_MAX_BYTES (a bound on memory, not a rule about speed);
 - Winograd F(2x2, 3x3) (`sumie.speed.winograd`) with the weight transformed on each call.
 
-`by_shape(model)` gives every zero-padded Conv2d of a model a forward that takes the algorithm `tuning`
-chose for its shape. Nothing is cached in the model, so memory stays that of the weights. Anything but
-float32 CPU inference, or bfloat16 where oneDNN computes it (`onednn_bfloat16`), takes `F.conv2d`; so does
-everything with SUMIE_TUNE=0. A bfloat16 call is tuned apart from a float32 one (`key`).
+A Linear has two, both on the weight as stored:
+
+- blas: `F.linear`, the reference (in float32 torch calls a BLAS, MKL on x86);
+- onednn: oneDNN's own matrix product, `torch.ops.mkldnn._linear_pointwise`, which `compile()` calls on a
+  packed weight; it takes the plain one too.
+
+`by_shape(model)` gives every zero-padded Conv2d and every Linear of a model a forward that takes the
+algorithm `tuning` chose for its shape. Nothing is cached in the model, so memory stays that of the weights.
+Anything but float32 CPU inference, or for convolutions bfloat16 where oneDNN computes it (`onednn_bfloat16`),
+takes `F.conv2d` or `F.linear`; so does everything with SUMIE_TUNE=0. A bfloat16 convolution is tuned apart
+from a float32 one (`key`).
 """
 
 from __future__ import annotations
@@ -108,14 +115,51 @@ def conv2d(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None, str
     return F.conv2d(x, weight, bias, stride, padding, dilation, groups)
 
 
+@functools.cache
+def onednn_linear() -> bool:
+    """Whether this torch has oneDNN's linear (built with oneDNN, as x86 and aarch64 Linux wheels are)."""
+    return torch.backends.mkldnn.is_available() and hasattr(torch.ops.mkldnn, "_linear_pointwise")
+
+
+LINEAR = {  # name -> (x, weight, bias) -> F.linear(x, weight, bias); the reference first
+    "blas": F.linear,
+    "onednn": lambda x, w, b: torch.ops.mkldnn._linear_pointwise(x, w, b, "none", [], ""),
+}
+
+
+def linear_algorithm(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None) -> str:
+    """The LINEAR algorithm `tuning` keeps for x (B, ..., in) times weight (out, in), timed on x's first image;
+    its key names the rows of one image, not the batch."""
+    one = x[:1]
+    rows = one.numel() // x.shape[-1]
+    return tuning.choose(f"eager linear {weight.shape[1]}->{weight.shape[0]} rows {rows}", tuple(LINEAR), lambda: {
+        name: (lambda run=run: run(one, weight, bias)) for name, run in LINEAR.items()})
+
+
+def linear(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None) -> torch.Tensor:
+    """F.linear(x, weight, bias), in float32 CPU inference by the LINEAR algorithm measured fastest for its
+    shape: (B, ..., in) -> (B, ..., out). bfloat16 takes F.linear, which calls oneDNN already."""
+    if x.dtype == torch.float32 and x.dim() >= 2 and cpu_inference(x, weight) and onednn_linear():
+        return LINEAR[linear_algorithm(x, weight, bias)](x, weight, bias)
+    return F.linear(x, weight, bias)
+
+
 def _forward(self: nn.Conv2d, x: torch.Tensor) -> torch.Tensor:
     # x: (B, C_in, H, W) -> (B, C_out, H', W')
     return conv2d(x, self.weight, self.bias, self.stride, self.padding, self.dilation, self.groups)
 
 
+def _linear_forward(self: nn.Linear, x: torch.Tensor) -> torch.Tensor:
+    # x: (..., in) -> (..., out)
+    return linear(x, self.weight, self.bias)
+
+
 def by_shape(model: nn.Module) -> nn.Module:
-    """Give every zero-padded Conv2d of `model` the forward `conv2d`, in place (undone by `packing.unpack`)."""
+    """Give every zero-padded Conv2d of `model` the forward `conv2d`, and every Linear the forward `linear`, in
+    place (undone by `packing.unpack`)."""
     for m in model.modules():
         if isinstance(m, nn.Conv2d) and m.padding_mode == "zeros" and not isinstance(m.padding, str):
             m.forward = types.MethodType(_forward, m)
+        elif type(m) is nn.Linear:
+            m.forward = types.MethodType(_linear_forward, m)
     return model
