@@ -91,6 +91,20 @@ def test_an_unwritable_cache_keeps_choices_in_the_process(tmp_path, monkeypatch)
     assert key in t.choices and len(t.timings) == 1
 
 
+def test_winograd4_is_a_candidate_in_float32_where_its_copy_is_small(tuner, monkeypatch):
+    """F(4x4, 3x3) is timed where its transformed weight is small beside one image's output (64 channels at
+    32x32), not where it is large (256 at 16x16), nor in bfloat16."""
+    offered = []
+    real = tuning.fastest
+    monkeypatch.setattr(tuning, "fastest", lambda candidates: offered.append(tuple(candidates)) or real(candidates))
+    torch.manual_seed(0)
+    for channels, size, dtype in ((64, 32, torch.float32), (256, 16, torch.float32), (64, 32, torch.bfloat16)):
+        conv = kernels.by_shape(torch.nn.Conv2d(channels, channels, 3, padding=1)).to(dtype)
+        with torch.no_grad():
+            conv(torch.randn(1, channels, size, size, dtype=dtype))
+    assert "winograd4" in offered[0] and all("winograd4" not in names for names in offered[1:]), offered
+
+
 @pytest.mark.skipif(not kernels.onednn_linear(), reason="this torch has no oneDNN linear")
 @pytest.mark.parametrize("slow", ["blas", "onednn"])
 def test_a_forced_slow_linear_is_never_chosen(tuner, monkeypatch, slow):

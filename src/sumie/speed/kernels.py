@@ -9,7 +9,8 @@ that conversion can cost more than the arithmetic. Three algorithms, all exact u
 - im2col: the 3x3 neighbourhoods unfolded into columns, then one matrix product with the weight as it
   is stored (Chellapilla et al. 2006). It copies the input 9 times, so it is a candidate only where the
   copy of one image stays under IM2COL_MAX_BYTES (a bound on memory, not a rule about speed);
-- Winograd F(2x2, 3x3) (`sumie.speed.winograd`) with the weight transformed on each call.
+- Winograd F(2x2, 3x3) (`sumie.speed.winograd`) with the weight transformed on each call;
+- Winograd F(4x4, 3x3) the same way, in float32 and where `winograd4_fits`.
 
 A Linear has two, both on the weight as stored:
 
@@ -36,6 +37,7 @@ from torch import nn
 from . import tuning, winograd
 
 IM2COL_MAX_BYTES = 64 << 20  # im2col's columns for one image, at most
+WINOGRAD4_MAX_GROWTH = 16  # F(4x4, 3x3)'s weight copy, at most this many times one image's output (see below)
 
 
 @functools.cache
@@ -62,6 +64,20 @@ def cpu_inference(x: torch.Tensor, weight: torch.Tensor) -> bool:
 def im2col_fits(x: torch.Tensor) -> bool:
     """Whether im2col's columns for one image of x (B, C, H, W) stay under IM2COL_MAX_BYTES."""
     return 9 * x[0].numel() * x.element_size() <= IM2COL_MAX_BYTES
+
+
+def winograd4_fits(x: torch.Tensor) -> bool:
+    """Whether F(4x4, 3x3) is a candidate for x (B, C, H, W): float32, and its transformed weight (36 C O
+    values) at most WINOGRAD4_MAX_GROWTH times the layer's output for one image (O H W values), so that the
+    copy stays small beside the activations (memory, not speed): 36 C <= WINOGRAD4_MAX_GROWTH H W. Not in
+    bfloat16: its transforms' large coefficients (Lavin and Gray 2016) take its error to about 30x the direct
+    convolution's there."""
+    return x.dtype == torch.float32 and 36 * x.shape[1] <= WINOGRAD4_MAX_GROWTH * x.shape[-2] * x.shape[-1]
+
+
+def fits(name: str, x: torch.Tensor) -> bool:
+    """Whether an algorithm named `name` (here or in `packing`) is a candidate for x (B, C, H, W), by memory."""
+    return (name != "im2col" or im2col_fits(x)) and (name != "winograd4" or winograd4_fits(x))
 
 
 def key(mode: str, x: torch.Tensor, out_channels: int, padding) -> str:
@@ -93,15 +109,15 @@ EAGER = {  # name -> (x, weight, bias, padding) -> F.conv2d(x, weight, bias, pad
     "direct": lambda x, w, b, p: F.conv2d(x, w, b, padding=p),
     "im2col": im2col_conv3x3,
     "winograd": lambda x, w, b, p: winograd.conv3x3(x, winograd.transform_weight(w), b, p),
+    "winograd4": lambda x, w, b, p: winograd.conv3x3(x, winograd.transform_weight(w, 4), b, p),
 }
 
 
 def algorithm(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None, padding) -> str:
     """The EAGER algorithm `tuning` keeps for this 3x3 convolution of x (B, C, H, W), timed on `tuning.sample(x)`."""
-    one = tuning.sample(x)
+    some = tuning.sample(x)
     return tuning.choose(key("eager", x, weight.shape[0], padding), tuple(EAGER), lambda: {
-        name: (lambda run=run: run(one, weight, bias, padding)) for name, run in EAGER.items()
-        if name != "im2col" or im2col_fits(x)})
+        name: (lambda run=run: run(some, weight, bias, padding)) for name, run in EAGER.items() if fits(name, x)})
 
 
 def conv2d(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None, stride=1, padding=(0, 0),
@@ -128,12 +144,12 @@ LINEAR = {  # name -> (x, weight, bias) -> F.linear(x, weight, bias); the refere
 
 
 def linear_algorithm(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None) -> str:
-    """The LINEAR algorithm `tuning` keeps for x (B, ..., in) times weight (out, in), timed on x's first image;
-    its key names the rows of one image, not the batch."""
-    one = x[:1]
-    rows = one.numel() // x.shape[-1]
+    """The LINEAR algorithm `tuning` keeps for x (B, ..., in) times weight (out, in), timed on
+    `tuning.images(x)`; its key names the rows of one image, not the batch."""
+    some = tuning.images(x)
+    rows = x[0].numel() // x.shape[-1]
     return tuning.choose(f"eager linear {weight.shape[1]}->{weight.shape[0]} rows {rows}", tuple(LINEAR), lambda: {
-        name: (lambda run=run: run(one, weight, bias)) for name, run in LINEAR.items()})
+        name: (lambda run=run: run(some, weight, bias)) for name, run in LINEAR.items()})
 
 
 def linear(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None) -> torch.Tensor:

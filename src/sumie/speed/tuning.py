@@ -6,8 +6,8 @@ measured on an Intel Xeon lost on an AMD EPYC (docs/benchmarks.md, "Kernel tunin
 constant about speed:
 
 - a call is named by a key: the mode ("eager", "packed"), the channels, the image's size and the padding,
-  never the batch. The candidates are timed on one image (`sample`), so the choice, and an image's pixels,
-  do not depend on the batch it is made in;
+  never the batch. The candidates are timed on the same two images whatever the batch (`sample`), so the
+  choice, and an image's pixels, do not depend on the batch it is made in;
 - the first candidate is the reference (oneDNN's, what diffusers runs). Another is kept only when it takes
   at most MARGIN of the reference's time, so a choice does not lose to the reference beyond noise;
 - tuning is bounded: a large image is timed on a band of its rows (`sample`: at most SAMPLE_POSITIONS
@@ -15,7 +15,8 @@ constant about speed:
   first call takes over twice the best time so far is dropped, and calls over LONG_SECONDS are timed once
   after their first;
 - the choices go to `cache_dir() / "kernels.json"`, under the name of the machine (`machine()`: CPU model,
-  ISA, torch version, threads), so the next process on this machine starts with them;
+  ISA, torch version, threads, and CANDIDATES, so that choices made among fewer candidates are measured
+  again), so the next process on this machine starts with them;
 - SUMIE_TUNE=0 turns tuning off: the reference everywhere, diffusers' kernels exactly.
 """
 
@@ -35,7 +36,9 @@ MARGIN = 0.95  # another candidate must take at most this share of the reference
 MIN_SECONDS = 1e-3  # calls faster than this keep the reference: tuning them costs more than it can save
 TIMED_CALLS = 2  # timed calls per candidate after its first (its warm-up); the minimum counts
 LONG_SECONDS = 0.05  # a first call this long is followed by one timed call, not TIMED_CALLS
+CANDIDATES = 2  # raised whenever what is timed changes (2: eager F(4x4, 3x3) and Linear; two images)
 SAMPLE_POSITIONS, SAMPLE_ROWS = 64 * 64, 16  # a tuning input's positions at most, whole rows, at least 16 rows
+SAMPLE_IMAGES = 2  # a tuning input's images: a guided step's pair
 
 Candidates = dict[str, Callable[[], object]]  # name -> one call on the tuning input; the reference first
 
@@ -60,17 +63,27 @@ def cpu_model() -> str:
 
 
 def machine() -> str:
-    """What a choice holds for: the CPU model, the ISA torch and oneDNN use, torch's version and threads."""
+    """What a choice holds for: the CPU model, the ISA torch and oneDNN use, torch's version and threads, and
+    the candidates' generation."""
     isa = torch.backends.cpu.get_cpu_capability()
     if os.environ.get("ONEDNN_MAX_CPU_ISA"):
         isa += f", oneDNN up to {os.environ['ONEDNN_MAX_CPU_ISA']}"
-    return f"{cpu_model()} | {isa} | torch {torch.__version__} | {torch.get_num_threads()} threads"
+    threads = torch.get_num_threads()
+    return f"{cpu_model()} | {isa} | torch {torch.__version__} | {threads} threads | candidates {CANDIDATES}"
 
 
 def sample(x: torch.Tensor) -> torch.Tensor:
-    """What the candidates for x (B, C, H, W) are timed on: its first image, cut to its first rows where it
-    has more than SAMPLE_POSITIONS positions (past that, a convolution's time per position hardly changes)."""
-    return x[:1, :, :max(SAMPLE_ROWS, SAMPLE_POSITIONS // x.shape[-1])]
+    """What the candidates for x (B, C, H, W) are timed on, whatever x's batch: two images, as a guided step
+    runs them (x's first two, or its first twice), each cut to its first rows where the two have more than
+    SAMPLE_POSITIONS positions (past that, a convolution's time per position hardly changes). Not one image:
+    where a layer is bound by reading its weights, a second image costs the candidates differently."""
+    return images(x[:, :, :max(SAMPLE_ROWS, SAMPLE_POSITIONS // (SAMPLE_IMAGES * x.shape[-1]))])
+
+
+def images(x: torch.Tensor) -> torch.Tensor:
+    """x's first SAMPLE_IMAGES images, or its first repeated: (B, ...) -> (SAMPLE_IMAGES, ...)."""
+    first = x[:SAMPLE_IMAGES]
+    return first if len(first) == SAMPLE_IMAGES else first.expand(SAMPLE_IMAGES, *first.shape[1:]).contiguous()
 
 
 def _seconds(call: Callable[[], object]) -> float:
