@@ -6,8 +6,9 @@ Full SD 1.5 architecture, random weights, float32, 2 threads, a cache folder of 
 For the eager pipeline and for `compile()` (packed), two processes one after the other: each times the first
 and the second call of a guided UNet step (batch 2) at 256² and 512² and of a VAE decode at 256² and 512²
 (bands from 512², as the pipeline decodes). In the first process the first call tunes; the second process
-reads the choices from the cache. Then every tuned shape: each candidate's time on one image and the one
-kept. `--write` refreshes the "Kernel tuning (issue 24)" section of docs/benchmarks.md.
+reads the choices from the cache. Then every tuned shape: each candidate's time on the tuning input (two
+images, `sumie.speed.tuning.sample`) and the one kept. `--write` refreshes the section of docs/benchmarks.md
+named after the machine's CPU ("Kernel tuning on ... (issue 24)").
 """
 
 from __future__ import annotations
@@ -68,7 +69,7 @@ def main() -> None:
 
     from doc import machine, report
     from load import write_model
-    from sumie.speed import tuning
+    from sumie.speed import kernels, packing, tuning
     folder, _ = write_model()
     lines = [f"- Machine: {machine()}, 2 threads; torch {torch.__version__}; float32",
              "- Command: `python benchmarks/tuning.py`. Each mode: a first process with an empty cache (its first "
@@ -86,16 +87,18 @@ def main() -> None:
         keys = len(first["timings"])
         lines.append(f"| {mode} | shapes tuned | {keys} | {len(second['timings'])} | |")
     lines += ["", "Every tuned shape with a call of at least "
-              f"{tuning.MIN_SECONDS * 1e3:.0f} ms: each candidate's time on one image (ms; blank: dropped after "
+              f"{tuning.MIN_SECONDS * 1e3:.0f} ms: each candidate's time on two images (ms; blank: dropped after "
               "one call that took over twice the best), **the one kept** (another than the reference only at "
               f"≤ {tuning.MARGIN} of its time).", ""]
-    for mode, first in tuned.items():
-        names = ["direct", "im2col", "winograd"] if mode == "eager" else ["onednn", "im2col", "winograd2", "winograd4"]
-        lines += [f"| {mode} shape | " + " | ".join(names) + " | kept / reference |",
+    groups = {"eager 3x3": list(kernels.EAGER), "eager linear": list(kernels.LINEAR),
+              "packed 3x3": list(packing.PACKED)}
+    for group, names in groups.items():
+        first = tuned[group.split()[0]]
+        lines += [f"| {group} shape | " + " | ".join(names) + " | kept / reference |",
                   "| --- |" + " --- |" * (len(names) + 1)]
         saved = [0.0, 0.0]
         for key, took in sorted(first["timings"].items()):
-            if len(took) == 1:
+            if not key.startswith(group + " ") or len(took) == 1:
                 continue  # under MIN_SECONDS: the reference, untried
             kept = first["choices"][key]
             cells = [("" if n not in took else f"**{took[n] * 1e3:.1f}**" if n == kept else f"{took[n] * 1e3:.1f}")
@@ -104,9 +107,9 @@ def main() -> None:
             saved[0] += ref
             saved[1] += took[kept]
             lines.append(f"| {key.split(' ', 2)[2]} | " + " | ".join(cells) + f" | {took[kept] / ref:.2f} |")
-        lines += ["", f"- {mode}: one call of each tuned shape takes {saved[1]:.2f} s by the kept algorithms against "
-                      f"{saved[0]:.2f} s by the reference (**{saved[1] / saved[0]:.2f}×**).", ""]
-    report("## Kernel tuning (issue 24)", lines, args.write)
+        lines += ["", f"- {group}: one call of each tuned shape takes {saved[1]:.2f} s by the kept algorithms against "
+                      f"{saved[0]:.2f} s by the reference (**{saved[1] / max(saved[0], 1e-9):.2f}×**).", ""]
+    report(f"## Kernel tuning on {machine()} (issue 24)", lines, args.write)
 
 
 if __name__ == "__main__":

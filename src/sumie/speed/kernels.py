@@ -10,7 +10,8 @@ that conversion can cost more than the arithmetic. Three algorithms, all exact u
   is stored (Chellapilla et al. 2006). It copies the input 9 times, so it is a candidate only where the
   copy of one image stays under IM2COL_MAX_BYTES (a bound on memory, not a rule about speed);
 - Winograd F(2x2, 3x3) (`sumie.speed.winograd`) with the weight transformed on each call;
-- Winograd F(4x4, 3x3) the same way, in float32 and where `winograd4_fits`.
+- Winograd F(4x4, 3x3) the same way, in float32, where its transformed weight (4x the weight's size) stays
+  under WINOGRAD4_MAX_BYTES (a bound on memory, as for im2col).
 
 A Linear has two, both on the weight as stored:
 
@@ -37,7 +38,7 @@ from torch import nn
 from . import tuning, winograd
 
 IM2COL_MAX_BYTES = 64 << 20  # im2col's columns for one image, at most
-WINOGRAD4_MAX_GROWTH = 16  # F(4x4, 3x3)'s weight copy, at most this many times one image's output (see below)
+WINOGRAD4_MAX_BYTES = 64 << 20  # F(4x4, 3x3)'s transformed weight, made on each call, at most
 
 
 @functools.cache
@@ -66,18 +67,16 @@ def im2col_fits(x: torch.Tensor) -> bool:
     return 9 * x[0].numel() * x.element_size() <= IM2COL_MAX_BYTES
 
 
-def winograd4_fits(x: torch.Tensor) -> bool:
-    """Whether F(4x4, 3x3) is a candidate for x (B, C, H, W): float32, and its transformed weight (36 C O
-    values) at most WINOGRAD4_MAX_GROWTH times the layer's output for one image (O H W values), so that the
-    copy stays small beside the activations (memory, not speed): 36 C <= WINOGRAD4_MAX_GROWTH H W. Not in
-    bfloat16: its transforms' large coefficients (Lavin and Gray 2016) take its error to about 30x the direct
-    convolution's there."""
-    return x.dtype == torch.float32 and 36 * x.shape[1] <= WINOGRAD4_MAX_GROWTH * x.shape[-2] * x.shape[-1]
-
-
-def fits(name: str, x: torch.Tensor) -> bool:
-    """Whether an algorithm named `name` (here or in `packing`) is a candidate for x (B, C, H, W), by memory."""
-    return (name != "im2col" or im2col_fits(x)) and (name != "winograd4" or winograd4_fits(x))
+def fits(name: str, x: torch.Tensor, weight: torch.Tensor) -> bool:
+    """Whether EAGER algorithm `name` is a candidate for x (B, C, H, W) and weight (O, C, 3, 3), by memory: im2col
+    where its columns fit, F(4x4, 3x3) in float32 where its transformed weight (36 C O values) stays under
+    WINOGRAD4_MAX_BYTES. Not F(4x4, 3x3) in bfloat16: its transforms' large coefficients (Lavin and Gray 2016)
+    take its error to about 30x the direct convolution's there."""
+    if name == "im2col":
+        return im2col_fits(x)
+    if name == "winograd4":
+        return x.dtype == torch.float32 and 36 * weight.shape[0] * weight.shape[1] * 4 <= WINOGRAD4_MAX_BYTES
+    return True
 
 
 def key(mode: str, x: torch.Tensor, out_channels: int, padding) -> str:
@@ -117,7 +116,8 @@ def algorithm(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None, 
     """The EAGER algorithm `tuning` keeps for this 3x3 convolution of x (B, C, H, W), timed on `tuning.sample(x)`."""
     some = tuning.sample(x)
     return tuning.choose(key("eager", x, weight.shape[0], padding), tuple(EAGER), lambda: {
-        name: (lambda run=run: run(some, weight, bias, padding)) for name, run in EAGER.items() if fits(name, x)})
+        name: (lambda run=run: run(some, weight, bias, padding)) for name, run in EAGER.items()
+        if fits(name, x, weight)})
 
 
 def conv2d(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None, stride=1, padding=(0, 0),

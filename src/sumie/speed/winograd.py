@@ -18,7 +18,7 @@ product with a small (m+2)^2-wide matrix instead of a pass per coefficient.
   is several times the direct sum's (still under 1e-5 of the largest output in float32). It needs 1.78x
   fewer multiplies than F(2x2, 3x3) and moves fewer values per output through its transforms, but its
   transformed weight is 4x the weight's size, so both users offer it only in float32 and only where that
-  copy is small beside the layer's activations (`kernels.winograd4_fits`).
+  copy is small (`kernels.fits`, `packing._fits`).
 
 What it buys depends on the shape and the CPU: with few channels the transforms (memory traffic) outweigh
 the saved arithmetic, and at 4x4 positions a layer is bound by reading its weights, which the transform
@@ -64,17 +64,16 @@ def plain_3x3(conv: nn.Conv2d) -> bool:
 
 
 def transform_weight(weight: torch.Tensor, m: int = 2) -> torch.Tensor:
-    """U = G g G^T of F(m x m, 3x3) for every channel pair: (O, C, 3, 3) -> ((m+2)^2, C, O), contiguous.
+    """U = G g G^T of F(m x m, 3x3) for every channel pair: (O, C, 3, 3) -> ((m+2)^2, C, O), a view of a
+    ((m+2)^2, O, C) tensor: the layout made without moving the weight, which eager convolution pays for on
+    every call. Its `.contiguous()` (O varying fastest) is what the packed path keeps.
 
     U[t a + b] = sum over k, l of G[a, k] G[b, l] g[k, l] (t = m + 2): one product with the Kronecker matrix
-    G x G. Contiguous (O varying fastest): the products V U then run at full speed where the weights are
-    in cache. Computed in the weight's dtype: F(4x4, 3x3)'s G holds sixths, but a U computed in float64 and
-    rounded once gave the convolution the same error (4.6e-5 against 4.7e-5 on a 512-channel layer) at
-    twice the time, which eager convolution pays on every call."""
+    G x G. Computed in the weight's dtype: F(4x4, 3x3)'s G holds sixths, but a U computed in float64 and
+    rounded once gave the convolution the same error (4.6e-5 against 4.7e-5 on a 512-channel layer)."""
     O, C = weight.shape[:2]
     GG = torch.kron(*[torch.tensor(TILINGS[m].G, dtype=weight.dtype, device=weight.device)] * 2)  # (t^2, 9)
-    g = weight.transpose(0, 1).reshape(C * O, 9)
-    return torch.mm(GG, g.t()).view(-1, C, O)
+    return torch.mm(GG, weight.reshape(O * C, 9).t()).view(-1, O, C).transpose(1, 2)
 
 
 def _kron(rows: tuple, like: torch.Tensor) -> torch.Tensor:
