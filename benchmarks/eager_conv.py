@@ -4,8 +4,9 @@
 
 Records every 3x3 stride-1 convolution of one guided UNet step at 256² and 512² (batch 2) and one VAE decode
 at 256² on the full SD 1.5 architecture with random weights, then times each shape both ways in one
-process, with its max error against a float64 convolution. `--write` refreshes the "Eager convolution"
-section of docs/benchmarks.md.
+process, with its max error against a float64 convolution. `--write` refreshes the section of
+docs/benchmarks.md named after the machine's CPU ("Eager convolution on ... (issue 24)"; issue 7's, on an
+Intel Xeon, is headed "Eager convolution (issue 7)").
 """
 
 from __future__ import annotations
@@ -54,8 +55,8 @@ def main() -> None:
     lines.append("")
     lines.append("Shapes not listed run `F.conv2d` in both. Over all of a run's 3x3 convolutions:")
     lines += [f"- {run}: {b:.2f} s against F.conv2d's {a:.2f} s (**{b / a:.2f}×**)." for run, (a, b) in totals.items()]
-    from doc import report
-    report("## Eager convolution (issue 7)", lines, args.write)
+    from doc import machine, report
+    report(f"## Eager convolution on {machine()} (issue 24)", lines, args.write)
 
 
 if __name__ == "__main__":

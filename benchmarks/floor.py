@@ -4,10 +4,11 @@
 
 Counts the step's floating-point operations (torch.utils.flop_counter; and how many are left when the 3x3
 convolutions packing computes by Winograd take 4 multiplies for 9, or 2.25 where it takes F(4x4, 3x3):
-the tiling this machine's tuning chose, `packed_tile`), measures the float32 GEMM peak (a 4096² matrix product) and the rate of reading
-memory (a sum over 1 GiB), times sumie's UNet step eager and packed (`sumie.speed.packing`, what `compile()` does
-on CPU) in one process, and splits the packed step by layer kind, timed around each layer (no profiler,
-whose own cost distorts the split): the arithmetic each kind does, its rate, and for 3x3 convolutions the
+the tiling this machine's tuning chose, `packed_tile`), measures the float32 GEMM peak (a 4096² matrix
+product by MKL and by oneDNN, the faster of the two; on an AMD EPYC oneDNN's was the faster) and the rate
+of reading memory (a sum over 1 GiB), times sumie's UNet step eager and packed (`sumie.speed.packing`, what
+`compile()` does on CPU) in one process, and splits the packed step by layer kind, timed around each layer
+(no profiler, whose own cost distorts the split): the arithmetic each kind does, its rate, and for 3x3 convolutions the
 weights each reads. `--write` refreshes the "UNet step floor on CPU" section of docs/benchmarks.md, one per CPU
 model (issue 7's, on an Intel Xeon, is headed "UNet step floor (issue 7)").
 """
@@ -122,7 +123,11 @@ def main() -> None:
             h.remove()
         packed_flops = flops - 2 * sum(saved)
         a, b = torch.randn(4096, 4096), torch.randn(4096, 4096)
-        peak = 2 * 4096 ** 3 / median_time(lambda: a @ b, args.repeats)
+        products = {"MKL's (`a @ b`)": lambda: a @ b,
+                    "oneDNN's (`mkldnn._linear_pointwise`)": lambda: torch.ops.mkldnn._linear_pointwise(
+                        a, b, None, "none", [], "")}
+        rates = {name: 2 * 4096 ** 3 / median_time(run, args.repeats) for name, run in products.items()}
+        peak = max(rates.values())
         big = torch.ones(2**28)
         bandwidth = big.numel() * 4 / median_time(big.sum, args.repeats)
         del big
@@ -136,11 +141,12 @@ def main() -> None:
              f"median of {args.repeats})", "",
              "| quantity | value |", "| --- | --- |",
              f"| operations in one guided 256² step (flop_counter; attention not counted) | {flops / 1e9:.0f} GFLOP |",
-             f"| float32 GEMM peak (4096² product) | {peak / 1e9:.0f} GFLOP/s |",
+             *[f"| float32 4096² product, {name} | {rate / 1e9:.0f} GFLOP/s |" for name, rate in rates.items()],
+             f"| peak: the faster of the two | {peak / 1e9:.0f} GFLOP/s |",
              f"| reading memory (sum over 1 GiB) | {bandwidth / 1e9:.0f} GB/s |",
              f"| floor: operations / peak | {floor:.2f} s |",
-             f"| sumie step, eager (im2col and Winograd where they pay, `sumie.speed.kernels`) | {plain:.2f} s "
-             f"({floor / plain:.0%} of peak) |",
+             f"| sumie step, eager (`sumie.speed.kernels`: im2col and Winograd where they pay, so its floor is lower) "
+             f"| {plain:.2f} s ({floor / plain:.0%} of the floor above) |",
              f"| the same with Winograd's 3x3 convolutions where packing uses them | {packed_flops / 1e9:.0f} GFLOP |",
              f"| floor with Winograd | {packed_floor:.2f} s |",
              f"| sumie step, packed (`compile()` on CPU, Winograd included) | {packed:.2f} s "

@@ -39,10 +39,11 @@ def test_a_packed_linear_weight_serves_every_row_count():
             assert linear.__dict__["_packed"][1] is first
 
 
-@pytest.mark.parametrize("algorithm", ["onednn", "im2col", "winograd2", "winograd4"])
+@pytest.mark.parametrize("algorithm", ["onednn", "im2col", "winograd2", "winograd4", "winograd4 per call"])
 def test_each_packed_algorithm_keeps_its_weight_and_equals_the_plain_one(force, algorithm):
     """A packed 3x3 convolution runs by the algorithm tuning chose and keeps only that one's weight (none
-    for im2col), remade after an in-place edit; 1x1 convolutions keep oneDNN's packing."""
+    for im2col and F(4x4, 3x3) per call), remade after an in-place edit; 1x1 convolutions keep oneDNN's
+    packing."""
     from sumie.speed import packing
     force(algorithm)
     torch.manual_seed(0)
@@ -52,7 +53,7 @@ def test_each_packed_algorithm_keeps_its_weight_and_equals_the_plain_one(force, 
             x = torch.randn(batch, conv.in_channels, size, size)
             plain = pointwise(conv(x))
             packing.pack(conv), packing.pack(pointwise)
-            assert torch.allclose(pointwise(conv(x)), plain, atol=1e-4 if algorithm == "winograd4" else 1e-5)
+            assert torch.allclose(pointwise(conv(x)), plain, atol=1e-4 if algorithm.startswith("winograd4") else 1e-5)
             assert conv.__dict__["_packed"][0][0] == algorithm and pointwise.__dict__["_packed"][0][0] == "onednn"
             conv.weight[0].zero_()  # an in-place edit: the kept copy is remade
             assert conv(x)[:, 0].sub(conv.bias[0]).abs().max() < 1e-6
@@ -92,6 +93,21 @@ def test_packing_gives_back_a_mapped_weights_pages_but_never_a_written_one(tmp_p
             assert (_resident_pages(linear.weight) == 0) is not edit
             packing.unpack(linear)
             assert torch.equal(linear(x), expected)  # read back from the file, or kept with the write
+
+
+def test_winograd4_is_kept_where_its_copy_is_small_and_made_per_call_where_eager_would(force, monkeypatch):
+    """F(4x4, 3x3) on a kept copy where that copy is small beside one image's output (64 channels at 16x16); made
+    on each call, as eager convolution does, where only its transient copy is small (512 channels at 32x32:
+    37.7 MB); neither at 768 channels (85 MB)."""
+    from sumie.speed import packing, tuning
+    offered = []
+    monkeypatch.setattr(tuning, "choose", lambda key, names, candidates: offered.append(set(candidates())) or names[0])
+    torch.manual_seed(0)
+    with torch.no_grad():
+        for channels, size in ((64, 16), (512, 32), (768, 4)):
+            packing.pack(torch.nn.Conv2d(channels, channels, 3, padding=1))(torch.randn(1, channels, size, size))
+    base = {"onednn", "im2col", "winograd2"}
+    assert offered == [base | {"winograd4"}, base | {"winograd4 per call"}, base]
 
 
 @pytest.mark.skipif(not onednn_bfloat16(), reason="oneDNN computes no bfloat16 on this CPU")

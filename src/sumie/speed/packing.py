@@ -8,7 +8,8 @@ it sees) and keep the converted copy. A 3x3 stride-1 convolution instead keeps t
 needs, the algorithm measured fastest for its shape on this machine (`tuning`, as in `kernels`), among
 PACKED: oneDNN's packed weight, im2col on the weight as stored (no copy), Winograd F(2x2, 3x3) or
 F(4x4, 3x3) on the transformed weight (16/9 or 4x the weight's size; F(4x4, 3x3) only in float32, and only
-where that copy is small beside the layer's activations, `_fits`). The numbers are the same
+where that copy is small beside the layer's activations, `_fits`), and elsewhere F(4x4, 3x3) as eager
+convolution runs it, its copy made on each call. The numbers are the same
 within the parity tests' tolerance. The process holds a second copy of most weights, which is why this is an
 option and not the default; where the original is a view of the weights file, its pages are given back once
 the copy is made (`pages.release`). Its speed and memory: docs/benchmarks.md.
@@ -29,7 +30,8 @@ import torch
 from torch import nn
 
 from . import pages, tuning, winograd
-from .kernels import cpu_inference, im2col_conv3x3, im2col_fits, key
+from . import kernels
+from .kernels import cpu_inference, im2col_conv3x3, key
 
 
 def _onednn(weight: torch.Tensor, shape, padding) -> torch.Tensor:
@@ -45,6 +47,7 @@ PACKED = {  # name -> (make(weight, input shape, padding) -> the weight kept, ru
     "im2col": (lambda w, shape, padding: w, im2col_conv3x3),
     "winograd2": (lambda w, shape, padding: winograd.transform_weight(w, 2).contiguous(), winograd.conv3x3),
     "winograd4": (lambda w, shape, padding: winograd.transform_weight(w, 4).contiguous(), winograd.conv3x3),
+    "winograd4 per call": (lambda w, shape, padding: w, kernels.EAGER["winograd4"]),  # eager's: nothing kept
 }
 
 
@@ -64,17 +67,17 @@ def _kept(module: nn.Module, name: str, shape_key, make) -> torch.Tensor:
 WINOGRAD4_MAX_GROWTH = 16  # F(4x4, 3x3)'s kept weight copy, at most this many times one image's output (_fits)
 
 
-def _fits(name: str, x: torch.Tensor) -> bool:
-    """Whether PACKED algorithm `name` is a candidate for x (B, C, H, W): im2col where its columns fit, and
-    F(4x4, 3x3) in float32 where its transformed weight (36 C O values), kept for as long as the model, is at
-    most WINOGRAD4_MAX_GROWTH times the layer's output for one image (O H W values), so that the copy stays
-    small beside the activations (memory, not speed): 36 C <= WINOGRAD4_MAX_GROWTH H W. Not in bfloat16
-    (`kernels.fits`)."""
-    if name == "im2col":
-        return im2col_fits(x)
+def _fits(name: str, x: torch.Tensor, weight: torch.Tensor) -> bool:
+    """Whether PACKED algorithm `name` is a candidate for x (B, C, H, W), by memory: im2col where its columns fit;
+    F(4x4, 3x3) on a kept copy in float32 where that copy (36 C O values), kept for as long as the model, is at
+    most WINOGRAD4_MAX_GROWTH times the layer's output for one image (O H W values), so that it stays small
+    beside the activations: 36 C <= WINOGRAD4_MAX_GROWTH H W; F(4x4, 3x3) with its copy made on each call
+    where eager convolution offers it and a kept one is not offered (`kernels.fits`)."""
     if name == "winograd4":
         return x.dtype == torch.float32 and 36 * x.shape[1] <= WINOGRAD4_MAX_GROWTH * x.shape[-2] * x.shape[-1]
-    return True
+    if name == "winograd4 per call":
+        return kernels.fits("winograd4", x, weight) and not _fits("winograd4", x, weight)
+    return kernels.fits(name, x, weight)
 
 
 def algorithm(conv: nn.Conv2d, x: torch.Tensor, padding: tuple[int, int]) -> str:
@@ -83,7 +86,7 @@ def algorithm(conv: nn.Conv2d, x: torch.Tensor, padding: tuple[int, int]) -> str
     weight, bias, some = conv.weight, conv.bias, tuning.sample(x)
     return tuning.choose(key("packed", x, conv.out_channels, padding), tuple(PACKED), lambda: {
         name: functools.partial(run, some, make(weight, some.shape, padding), bias, padding)
-        for name, (make, run) in PACKED.items() if _fits(name, x)})
+        for name, (make, run) in PACKED.items() if _fits(name, x, weight)})
 
 
 def conv3x3(conv: nn.Conv2d, x: torch.Tensor, padding: tuple[int, int], name: str | None = None) -> torch.Tensor:
