@@ -72,8 +72,8 @@ def main() -> None:
             packed = torch.ops.mkldnn._reorder_convolution_weight(conv.weight, *pads, list(shape))
             onednn = lambda: torch.ops.mkldnn._convolution_pointwise(x, packed, conv.bias, *pads, "none", [], "")
             tiles = (2, 4) if min(shape[-2:]) >= 8 else (2,)
-            winos = {m: (lambda U=winograd.transform_weight(conv.weight, m).contiguous(): winograd.conv3x3(x, U, conv.bias))
-                     for m in tiles}
+            kept = {m: winograd.transform_weight(conv.weight, m).contiguous() for m in tiles}  # as packing keeps it
+            winos = {m: (lambda U=U: winograd.conv3x3(x, U, conv.bias)) for m, U in kept.items()}
             errors = [(f().double() - exact).abs().max().item() for f in (onednn, *winos.values())]
             a = median_time(onednn, args.repeats)
             b = {m: median_time(f, args.repeats) for m, f in winos.items()}

@@ -3,7 +3,7 @@ by the exact algorithm measured fastest for its shape on this machine (`tuning`)
 
 oneDNN, which runs `F.conv2d` on x86 CPUs, converts the weight into its own blocked layout on every call.
 Where the weights are large and the image small (the UNet's 1280-channel layers at 8x8 and 4x4 positions)
-that conversion can cost more than the arithmetic. Three algorithms, all exact up to float rounding:
+that conversion can cost more than the arithmetic. Four algorithms, all exact up to float rounding:
 
 - direct: `F.conv2d`, the reference;
 - im2col: the 3x3 neighbourhoods unfolded into columns, then one matrix product with the weight as it

@@ -9,10 +9,10 @@ needs, the algorithm measured fastest for its shape on this machine (`tuning`, a
 PACKED: oneDNN's packed weight, im2col on the weight as stored (no copy), Winograd F(2x2, 3x3) or
 F(4x4, 3x3) on the transformed weight (16/9 or 4x the weight's size; F(4x4, 3x3) only in float32, and only
 where that copy is small beside the layer's activations, `_fits`), and elsewhere F(4x4, 3x3) as eager
-convolution runs it, its copy made on each call. The numbers are the same
-within the parity tests' tolerance. The process holds a second copy of most weights, which is why this is an
-option and not the default; where the original is a view of the weights file, its pages are given back once
-the copy is made (`pages.release`). Its speed and memory: docs/benchmarks.md.
+convolution runs it, its copy made on each call. The numbers are the same within the parity tests'
+tolerance. The process holds a second copy of most weights, which is why this is an option and not the
+default; where the original is a view of the weights file, its pages are given back once the copy is made
+(`pages.release`). Its speed and memory: docs/benchmarks.md.
 
 Each layer keeps one copy, remade when the weight changes (in-place edits bump its version), when the
 algorithm changes, or, for oneDNN's, when the input shape changes; a Linear's serves every number of rows.
