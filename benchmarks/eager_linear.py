@@ -21,31 +21,20 @@ ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT / "benchmarks"))
 
 
-def linear_calls(model, run) -> dict:
-    """(input shape, weight shape) -> [layer, calls] for the Linear calls `run` makes."""
-    calls = {}
-
-    def hook(layer, args, _):
-        calls.setdefault((tuple(args[0].shape), tuple(layer.weight.shape)), [layer, 0])[1] += 1
-    hooks = [m.register_forward_hook(hook) for m in model.modules() if type(m) is torch.nn.Linear]
-    with torch.no_grad():
-        run()
-    for h in hooks:
-        h.remove()
-    return calls
-
-
 def main() -> None:
     from doc import machine, report
     from floor import median_time, setup
+
+    from winograd import layer_calls
 
     from sumie.speed import kernels
     args, model = setup()
     kernels.by_shape(model.text_encoder)  # as the pipeline does
     ctx, ids = torch.randn(2, 77, 768), torch.randint(0, 49408, (2, 77))
-    runs = {"UNet 256²": linear_calls(model.unet, lambda: model.unet(torch.randn(2, 4, 32, 32), 500,
-                                                                      encoder_hidden_states=ctx)),
-            "text encoder": linear_calls(model.text_encoder, lambda: model.text_encoder(ids))}
+    linear = lambda m: type(m) is torch.nn.Linear
+    runs = {"UNet 256²": layer_calls(model.unet, lambda: model.unet(torch.randn(2, 4, 32, 32), 500,
+                                                                     encoder_hidden_states=ctx), linear),
+            "text encoder": layer_calls(model.text_encoder, lambda: model.text_encoder(ids), linear)}
     columns = ["run", "input", "output features", "calls", "sumie's algorithm", "F.linear", "GFLOP/s",
                "oneDNN", "GFLOP/s", "sumie / F.linear", "error F.linear", "error oneDNN"]
     lines = [f"- Command: `python benchmarks/eager_linear.py` ({machine()}, torch {torch.__version__}, float32, "

@@ -22,19 +22,24 @@ ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT / "benchmarks"))
 
 
-def conv_calls(model, run) -> dict:
-    """(network, input shape, weight shape) -> [conv, calls] for the 3x3 stride-1 convs `run` makes."""
+def layer_calls(model, run, keep) -> dict:
+    """(input shape, weight shape) -> [layer, calls] for the calls `run` makes of the layers `keep(layer)` picks."""
     calls = {}
 
-    def hook(conv, args, _):
-        if conv.kernel_size == (3, 3) and conv.stride == (1, 1):
-            calls.setdefault((tuple(args[0].shape), tuple(conv.weight.shape)), [conv, 0])[1] += 1
-    hooks = [m.register_forward_hook(hook) for m in model.modules() if isinstance(m, torch.nn.Conv2d)]
+    def hook(layer, args, _):
+        calls.setdefault((tuple(args[0].shape), tuple(layer.weight.shape)), [layer, 0])[1] += 1
+    hooks = [m.register_forward_hook(hook) for m in model.modules() if keep(m)]
     with torch.no_grad():
         run()
     for h in hooks:
         h.remove()
     return calls
+
+
+def conv_calls(model, run) -> dict:
+    """(input shape, weight shape) -> [conv, calls] for the 3x3 stride-1 convs `run` makes."""
+    return layer_calls(model, run, lambda m: isinstance(m, torch.nn.Conv2d) and m.kernel_size == (3, 3)
+                       and m.stride == (1, 1))
 
 
 def header(script: str, repeats: int, columns: list[str]) -> list[str]:
