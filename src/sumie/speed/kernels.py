@@ -114,10 +114,11 @@ EAGER = {  # name -> (x, weight, bias, padding) -> F.conv2d(x, weight, bias, pad
 
 def algorithm(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None, padding) -> str:
     """The EAGER algorithm `tuning` keeps for this 3x3 convolution of x (B, C, H, W), timed on `tuning.sample(x)`."""
-    some = tuning.sample(x)
-    return tuning.choose(key("eager", x, weight.shape[0], padding), tuple(EAGER), lambda: {
-        name: (lambda run=run: run(some, weight, bias, padding)) for name, run in EAGER.items()
-        if fits(name, x, weight)})
+    def candidates():  # made only when the key has no choice yet: the sample is a copy
+        some = tuning.sample(x)
+        return {name: (lambda run=run: run(some, weight, bias, padding)) for name, run in EAGER.items()
+                if fits(name, x, weight)}
+    return tuning.choose(key("eager", x, weight.shape[0], padding), tuple(EAGER), candidates)
 
 
 def conv2d(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None, stride=1, padding=(0, 0),
@@ -146,10 +147,11 @@ LINEAR = {  # name -> (x, weight, bias) -> F.linear(x, weight, bias); the refere
 def linear_algorithm(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None) -> str:
     """The LINEAR algorithm `tuning` keeps for x (B, ..., in) times weight (out, in), timed on
     `tuning.images(x)`; its key names the rows of one image, not the batch."""
-    some = tuning.images(x)
+    def candidates():  # made only when the key has no choice yet: the images are a copy
+        some = tuning.images(x)
+        return {name: (lambda run=run: run(some, weight, bias)) for name, run in LINEAR.items()}
     rows = x[0].numel() // x.shape[-1]
-    return tuning.choose(f"eager linear {weight.shape[1]}->{weight.shape[0]} rows {rows}", tuple(LINEAR), lambda: {
-        name: (lambda run=run: run(some, weight, bias)) for name, run in LINEAR.items()})
+    return tuning.choose(f"eager linear {weight.shape[1]}->{weight.shape[0]} rows {rows}", tuple(LINEAR), candidates)
 
 
 def linear(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None) -> torch.Tensor:

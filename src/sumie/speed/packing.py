@@ -83,10 +83,13 @@ def _fits(name: str, x: torch.Tensor, weight: torch.Tensor) -> bool:
 def algorithm(conv: nn.Conv2d, x: torch.Tensor, padding: tuple[int, int]) -> str:
     """The PACKED algorithm `tuning` keeps for this 3x3 stride-1 `conv` of x (B, C, H, W), timed on
     `tuning.sample(x)`."""
-    weight, bias, some = conv.weight, conv.bias, tuning.sample(x)
-    return tuning.choose(key("packed", x, conv.out_channels, padding), tuple(PACKED), lambda: {
-        name: functools.partial(run, some, make(weight, some.shape, padding), bias, padding)
-        for name, (make, run) in PACKED.items() if _fits(name, x, weight)})
+    weight, bias = conv.weight, conv.bias
+
+    def candidates():  # made only when the key has no choice yet: the sample is a copy
+        some = tuning.sample(x)
+        return {name: functools.partial(run, some, make(weight, some.shape, padding), bias, padding)
+                for name, (make, run) in PACKED.items() if _fits(name, x, weight)}
+    return tuning.choose(key("packed", x, conv.out_channels, padding), tuple(PACKED), candidates)
 
 
 def conv3x3(conv: nn.Conv2d, x: torch.Tensor, padding: tuple[int, int], name: str | None = None) -> torch.Tensor:
