@@ -61,7 +61,8 @@ def packed_tile(conv: torch.nn.Conv2d, x: torch.Tensor) -> int | None:
     from sumie.speed import packing, winograd
     if not winograd.plain_3x3(conv):
         return None
-    return {"winograd2": 2, "winograd4": 4}.get(packing.algorithm(conv, x, conv.padding))
+    name = packing.algorithm(conv, x, conv.padding)
+    return {"winograd2": 2, "winograd4": 4}.get(name.removesuffix(" batched"))
 
 
 def conv_multiplies(conv: torch.nn.Conv2d, x: torch.Tensor, out: torch.Tensor) -> tuple[int, int]:

@@ -4,10 +4,12 @@
 
 Records every Conv2d call of one guided UNet step (batch 2, 32x32 latents) and one VAE decode (32x32 latent)
 on the full SD 1.5 architecture with random weights, keeps the 3x3 stride-1 shapes, and times each in one
-process: oneDNN with its weights packed once (what `compile()` did before), and `winograd.conv3x3` with
-F(2x2, 3x3) and, from 8x8 positions, F(4x4, 3x3) ("used" marks the one `compile()` takes,
-this machine's tuning, `floor.packed_tile`). Also the max error of each against a float64 convolution. `--write` refreshes the
-"Winograd convolution" section of docs/benchmarks.md.
+process: oneDNN with its weights packed once, and F(2x2, 3x3) and, from 8x8 positions, F(4x4, 3x3), each
+with its sums over channels by one oneDNN product per tile position or by one batched `torch.bmm`, on the
+weights `compile()` keeps for them ("used" marks the algorithm this machine's tuning chose for `compile()`).
+Also the max error of each against a float64 convolution. `--write` refreshes the "Winograd convolution on
+CPU" section of docs/benchmarks.md, one per CPU model (issue 7's, on an Intel Xeon, is headed "Winograd
+convolution (issue 7)").
 """
 
 from __future__ import annotations
@@ -59,44 +61,50 @@ def each_layer(runs: dict):
 
 
 def main() -> None:
-    from floor import median_time, packed_tile, setup
+    from doc import machine
+    from floor import median_time, setup
 
-    from sumie.speed import winograd
+    from sumie.speed import packing
     args, model = setup()
     ctx = torch.randn(2, 77, 768)
     runs = {"UNet": conv_calls(model.unet, lambda: model.unet(torch.randn(2, 4, 32, 32), 500,
                                                                encoder_hidden_states=ctx)),
             "VAE": conv_calls(model.vae, lambda: model.vae.decode(torch.randn(1, 4, 32, 32)))}
-    lines = header("winograd.py", args.repeats, ["network", "input", "output channels", "calls", "F(2x2, 3x3)",
-                                                  "F(4x4, 3x3)", "oneDNN packed", "used / oneDNN", "error oneDNN",
+    lines = header("winograd.py", args.repeats, ["network", "input", "output channels", "calls",
+                                                  "F(2x2): oneDNN products / batched",
+                                                  "F(4x4): oneDNN products / batched",
+                                                  "oneDNN packed", "used", "used / oneDNN", "error oneDNN",
                                                   "error F(2x2)", "error F(4x4)"])
     totals = {}
+    pads = (1, 1)
     with torch.no_grad():
         for net, shape, wshape, conv, n, x, exact in each_layer(runs):
-            pads = ([1, 1], [1, 1], [1, 1], 1)
-            packed = torch.ops.mkldnn._reorder_convolution_weight(conv.weight, *pads, list(shape))
-            onednn = lambda: torch.ops.mkldnn._convolution_pointwise(x, packed, conv.bias, *pads, "none", [], "")
             tiles = (2, 4) if min(shape[-2:]) >= 8 else (2,)
-            kept = {m: winograd.transform_weight(conv.weight, m).contiguous() for m in tiles}  # as packing keeps it
-            winos = {m: (lambda U=U: winograd.conv3x3(x, U, conv.bias)) for m, U in kept.items()}
-            errors = [(f().double() - exact).abs().max().item() for f in (onednn, *winos.values())]
-            a = median_time(onednn, args.repeats)
-            b = {m: median_time(f, args.repeats) for m, f in winos.items()}
-            used = packed_tile(conv, x)
-            if used:
+            names = ["onednn", *(f"winograd{m}{way}" for m in tiles for way in ("", " batched"))]
+            calls = {name: (lambda run=run, kept=make(conv.weight, shape, pads): run(x, kept, conv.bias, pads))
+                     for name, (make, run) in ((name, packing.PACKED[name]) for name in names)}
+            errors = [(calls[name]().double() - exact).abs().max().item() for name in names[::2]]
+            took = {name: median_time(call, args.repeats) for name, call in calls.items()}
+            used = packing.algorithm(conv, x, pads)
+            if used.startswith("winograd") and used in took:
                 t = totals.setdefault(net, [0.0, 0.0])
-                t[0] += n * a
-                t[1] += n * b[used]
-            cells = [f"{'used, ' if used == m else ''}{b[m] * 1e3:.1f} ms" if m in b else "" for m in (2, 4)]
+                t[0] += n * took["onednn"]
+                t[1] += n * took[used]
+            cells = [" / ".join(f"{'used, ' if used == name else ''}{took[name] * 1e3:.1f} ms"
+                                for name in (f"winograd{m}", f"winograd{m} batched")) if m in tiles else ""
+                     for m in (2, 4)]
             errs = [f"{e:.1e}" for e in errors] + [""] * (3 - len(errors))
+            ratio = f"{took[used] / took['onednn']:.2f}" if used in took else ""
             lines.append(f"| {net} | {'x'.join(map(str, shape))} | {wshape[0]} | {n} | {' | '.join(cells)} | "
-                         f"{a * 1e3:.1f} ms | {b[used] / a if used else b[2] / a:.2f} | {' | '.join(errs)} |")
+                         f"{took['onednn'] * 1e3:.1f} ms | {used} | {ratio} | {' | '.join(errs)} |")
     lines.append("")
-    lines.append("- used / oneDNN: where `compile()` takes neither tiling, F(2x2, 3x3)'s time over oneDNN's.")
-    lines += [f"- {net}: the layers Winograd is used for take {b:.2f} s per {'step' if net == 'UNet' else 'decode'} "
-              f"against oneDNN's {a:.2f} s (**{b / a:.2f}×**)." for net, (a, b) in totals.items()]
+    lines.append("- used: the algorithm this machine's tuning chose for `compile()` (`packing.PACKED`); used / oneDNN: "
+                 "its time over oneDNN's convolution's, where this script times it.")
+    lines += [f"- {net}: the layers `compile()` runs by Winograd take {b:.2f} s per "
+              f"{'step' if net == 'UNet' else 'decode'} against oneDNN's convolution's {a:.2f} s (**{b / a:.2f}×**)."
+              for net, (a, b) in totals.items()]
     from doc import report
-    report("## Winograd convolution (issue 7)", lines, args.write)
+    report(f"## Winograd convolution on {machine()} (issue 24)", lines, args.write)
 
 
 if __name__ == "__main__":

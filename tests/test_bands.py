@@ -6,7 +6,7 @@ import torch
 from sumie.speed import bands
 
 
-@pytest.mark.parametrize("algorithm", ["onednn", "im2col", "winograd2", "winograd4"])
+@pytest.mark.parametrize("algorithm", ["onednn", "im2col", "winograd2", "winograd4", "winograd4 batched"])
 def test_packed_convolutions_in_bands_equal_the_one_call(force, algorithm):
     """After compile(), the VAE's bands run each packed 3x3 conv by its tuned algorithm on each band (no
     vertical padding: the rows carry it) and give the one-call result."""

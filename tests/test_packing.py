@@ -39,7 +39,8 @@ def test_a_packed_linear_weight_serves_every_row_count():
             assert linear.__dict__["_packed"][1] is first
 
 
-@pytest.mark.parametrize("algorithm", ["onednn", "im2col", "winograd2", "winograd4", "winograd4 per call"])
+@pytest.mark.parametrize("algorithm", ["onednn", "im2col", "winograd2", "winograd4", "winograd2 batched",
+                                       "winograd4 batched", "winograd4 per call"])
 def test_each_packed_algorithm_keeps_its_weight_and_equals_the_plain_one(force, algorithm):
     """A packed 3x3 convolution runs by the algorithm tuning chose and keeps only that one's weight (none
     for im2col and F(4x4, 3x3) per call), remade after an in-place edit; 1x1 convolutions keep oneDNN's
@@ -106,12 +107,12 @@ def test_winograd4_is_kept_where_its_copy_is_small_and_made_per_call_where_eager
     with torch.no_grad():
         for channels, size in ((64, 16), (512, 32), (768, 4)):
             packing.pack(torch.nn.Conv2d(channels, channels, 3, padding=1))(torch.randn(1, channels, size, size))
-    base = {"onednn", "im2col", "winograd2"}
-    assert offered == [base | {"winograd4"}, base | {"winograd4 per call"}, base]
+    base = {"onednn", "im2col", "winograd2", "winograd2 batched"}
+    assert offered == [base | {"winograd4", "winograd4 batched"}, base | {"winograd4 per call"}, base]
 
 
 @pytest.mark.skipif(not onednn_bfloat16(), reason="oneDNN computes no bfloat16 on this CPU")
-@pytest.mark.parametrize("algorithm", ["onednn", "im2col", "winograd2"])
+@pytest.mark.parametrize("algorithm", ["onednn", "im2col", "winograd2", "winograd2 batched"])
 def test_bfloat16_is_packed_by_each_algorithm_but_winograd4(force, monkeypatch, algorithm):
     """bfloat16 layers keep packed weights as float32 ones do, within bfloat16's rounding of float64. F(4x4, 3x3)
     is never offered in bfloat16: its error there was about 30x the direct convolution's."""
@@ -129,7 +130,8 @@ def test_bfloat16_is_packed_by_each_algorithm_but_winograd4(force, monkeypatch, 
             packing.pack(m.to(torch.bfloat16))
         exact = torch.nn.functional.conv2d(x.double(), conv.weight.double(), conv.bias.double(), padding=1)
         y = conv(x)
-        assert conv.__dict__["_packed"][0][0] == algorithm and offered == [["im2col", "onednn", "winograd2"]]
+        assert conv.__dict__["_packed"][0][0] == algorithm
+        assert offered == [["im2col", "onednn", "winograd2", "winograd2 batched"]]
         assert y.dtype == torch.bfloat16 and (y.double() - exact).abs().max() < 1.5e-2 * exact.abs().max()
         rows = x[0, :, 0].t()  # (16, 64)
         exact = torch.nn.functional.linear(rows.double(), linear.weight.double(), linear.bias.double())

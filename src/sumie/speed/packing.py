@@ -9,7 +9,9 @@ needs, the algorithm measured fastest for its shape on this machine (`tuning`, a
 PACKED: oneDNN's packed weight, im2col on the weight as stored (no copy), Winograd F(2x2, 3x3) or
 F(4x4, 3x3) on the transformed weight (16/9 or 4x the weight's size; F(4x4, 3x3) only in float32, and only
 where that copy is small beside the layer's activations, `_fits`), and elsewhere F(4x4, 3x3) as eager
-convolution runs it, its copy made on each call. The numbers are the same within the parity tests'
+convolution runs it, its copy made on each call. Winograd's sums over input channels run either as one
+oneDNN product per tile position, on packed matrices (faster where tiles are few: the UNet's small
+images), or as one batched `torch.bmm` (faster on some of the VAE's many-tile layers); both are candidates. The numbers are the same within the parity tests'
 tolerance. The process holds a second copy of most weights, which is why this is an option and not the
 default; where the original is a view of the weights file, its pages are given back once the copy is made
 (`pages.release`). Its speed and memory: docs/benchmarks.md.
@@ -24,6 +26,7 @@ CUDA, float16, bfloat16 on other CPUs, torch.compile tracing) takes the layer's 
 from __future__ import annotations
 
 import functools
+import math
 import types
 
 import torch
@@ -42,11 +45,29 @@ def _onednn_conv(x, weight, bias, padding):
     return torch.ops.mkldnn._convolution_pointwise(x, weight, bias, list(padding), [1, 1], [1, 1], 1, "none", [], "")
 
 
+def _winograd_weights(m: int):
+    """make() for F(m x m, 3x3): U = winograd.transform_weight(weight, m) as one oneDNN-packed (O, C) matrix per
+    tile position, for `_winograd_conv`."""
+    def make(weight, shape, padding) -> tuple:
+        U = winograd.transform_weight(weight, m).transpose(1, 2)  # ((m+2)^2, O, C), contiguous
+        return tuple(torch.ops.mkldnn._reorder_linear_weight(u, winograd.TILE_ROWS) for u in U)
+    return make
+
+
+def _winograd_conv(x, kept: tuple, bias, padding):
+    # x: (B, C, H, W) -> (B, O, H', W'); kept: (m+2)^2 packed (O, C) matrices
+    def product(V):  # ((m+2)^2, R, C) -> ((m+2)^2, R, O)
+        return torch.stack([torch.ops.mkldnn._linear_pointwise(v, u, None, "none", [], "") for v, u in zip(V, kept)])
+    return winograd.tiled(x, math.isqrt(len(kept)) - 2, kept[0].shape[0], product, bias, padding)
+
+
 PACKED = {  # name -> (make(weight, input shape, padding) -> the weight kept, run(x, kept, bias, padding))
     "onednn": (_onednn, _onednn_conv),  # the reference
     "im2col": (lambda w, shape, padding: w, im2col_conv3x3),
-    "winograd2": (lambda w, shape, padding: winograd.transform_weight(w, 2).contiguous(), winograd.conv3x3),
-    "winograd4": (lambda w, shape, padding: winograd.transform_weight(w, 4).contiguous(), winograd.conv3x3),
+    "winograd2": (_winograd_weights(2), _winograd_conv),
+    "winograd4": (_winograd_weights(4), _winograd_conv),
+    "winograd2 batched": (lambda w, shape, padding: winograd.transform_weight(w, 2).contiguous(), winograd.conv3x3),
+    "winograd4 batched": (lambda w, shape, padding: winograd.transform_weight(w, 4).contiguous(), winograd.conv3x3),
     "winograd4 per call": (lambda w, shape, padding: w, kernels.EAGER["winograd4"]),  # eager's: nothing kept
 }
 
@@ -73,7 +94,7 @@ def _fits(name: str, x: torch.Tensor, weight: torch.Tensor) -> bool:
     most WINOGRAD4_MAX_GROWTH times the layer's output for one image (O H W values), so that it stays small
     beside the activations: 36 C <= WINOGRAD4_MAX_GROWTH H W; F(4x4, 3x3) with its copy made on each call
     where eager convolution offers it and a kept one is not offered (`kernels.fits`)."""
-    if name == "winograd4":
+    if name in ("winograd4", "winograd4 batched"):
         return x.dtype == torch.float32 and 36 * x.shape[1] <= WINOGRAD4_MAX_GROWTH * x.shape[-2] * x.shape[-1]
     if name == "winograd4 per call":
         return kernels.fits("winograd4", x, weight) and not _fits("winograd4", x, weight)

@@ -36,7 +36,8 @@ MARGIN = 0.95  # another candidate must take at most this share of the reference
 MIN_SECONDS = 1e-3  # calls faster than this keep the reference: tuning them costs more than it can save
 TIMED_CALLS = 2  # timed calls per candidate after its first (its warm-up); the minimum counts
 LONG_SECONDS = 0.05  # a first call this long is followed by one timed call, not TIMED_CALLS
-CANDIDATES = 2  # raised whenever what is timed changes (2: eager F(4x4, 3x3) and Linear; two images)
+CANDIDATES = 3  # raised whenever what is timed changes (2: eager F(4x4, 3x3), Linear, two images;
+#                3: packed Winograd by oneDNN products)
 SAMPLE_POSITIONS, SAMPLE_ROWS = 64 * 64, 16  # a tuning input's positions at most, whole rows, at least 16 rows
 SAMPLE_IMAGES = 2  # a tuning input's images: a guided step's pair
 

@@ -89,10 +89,17 @@ def conv3x3(x: torch.Tensor, U: torch.Tensor, bias: torch.Tensor | None, padding
     (B, C, H, W) -> (B, O, H + 2 * padding[0] - 2, W + 2 * padding[1] - 2).
 
     m follows from U's size. The result is channels-last in memory. Tiles go through in groups of TILE_ROWS."""
-    T = TILINGS[math.isqrt(U.shape[0]) - 2]
-    m, t = T.m, T.m + 2
+    return tiled(x, math.isqrt(U.shape[0]) - 2, U.shape[-1], lambda V: torch.bmm(V, U), bias, padding)
+
+
+def tiled(x: torch.Tensor, m: int, O: int, product, bias: torch.Tensor | None, padding: tuple[int, int] = (1, 1)
+          ) -> torch.Tensor:
+    """`conv3x3` by F(m x m, 3x3), O output channels, with the sums over input channels given: product(V), for V
+    ((m+2)^2, R, C) the transformed input of R tiles, is ((m+2)^2, R, O), V[p] U[p] at each tile position p
+    (one batched product in `conv3x3`; the packed path's runs one oneDNN product per position)."""
+    T = TILINGS[m]
+    t = m + 2
     B, C, H, W = x.shape
-    O = U.shape[-1]
     (ph, pw), Ho, Wo = padding, H + 2 * padding[0] - 2, W + 2 * padding[1] - 2
     n, j = -(-Ho // m), -(-Wo // m)  # tiles down and across
     xp = F.pad(x.permute(0, 2, 3, 1), (0, 0, pw, m * j + 2 - W - pw, ph, m * n + 2 - H - ph))  # (B, mn+2, mj+2, C)
@@ -103,7 +110,7 @@ def conv3x3(x: torch.Tensor, U: torch.Tensor, bias: torch.Tensor | None, padding
         k = min(rows, n - i)
         d = xp[:, m * i:m * (i + k) + 2].unfold(1, t, m).unfold(2, t, m)  # the tiles: (B, k, j, C, t, t), a view
         V = torch.mm(BB, d.permute(4, 5, 0, 1, 2, 3).reshape(t * t, -1))  # B^T d B: (t^2, B k j C)
-        M = torch.bmm(V.view(t * t, -1, C), U)  # (t^2, B k j, O)
+        M = product(V.view(t * t, -1, C))  # (t^2, B k j, O)
         if bias is not None:
             M[t + 1] += bias  # column 1 of A^T is all ones: this adds bias to all m x m outputs of a tile
         Y = torch.mm(AA, M.view(t * t, -1)).view(m, m, B, k, j, O)  # A^T M A
