@@ -9,7 +9,9 @@ constant about speed:
   never the batch. The candidates are timed on the same two images whatever the batch (`sample`), so the
   choice, and an image's pixels, do not depend on the batch it is made in;
 - the first candidate is the reference (oneDNN's, what diffusers runs). Another is kept only when it takes
-  at most MARGIN of the reference's time, so a choice does not lose to the reference beyond noise;
+  at most MARGIN of the reference's time, and again when the two are timed once more in turns
+  (CONFIRMATIONS): on a busy machine one lucky call can make a loser look fast. So a choice does not lose
+  to the reference beyond noise;
 - tuning is bounded: a large image is timed on a band of its rows (`sample`: at most SAMPLE_POSITIONS
   positions), a call whose reference takes under MIN_SECONDS keeps the reference untried, a candidate whose
   first call takes over twice the best time so far is dropped, and calls over LONG_SECONDS are timed once
@@ -36,8 +38,10 @@ MARGIN = 0.95  # another candidate must take at most this share of the reference
 MIN_SECONDS = 1e-3  # calls faster than this keep the reference: tuning them costs more than it can save
 TIMED_CALLS = 2  # timed calls per candidate after its first (its warm-up); the minimum counts
 LONG_SECONDS = 0.05  # a first call this long is followed by one timed call, not TIMED_CALLS
+CONFIRMATIONS = 2  # rounds that time the winner and the reference again, in turns (one where calls are long)
+AGAIN = "again: "  # the confirmation's times, in `fastest`'s timings, under this prefix and the candidate's name
 CANDIDATES = 3  # raised whenever what is timed changes (2: eager F(4x4, 3x3), Linear, two images;
-#                3: packed Winograd by oneDNN products)
+#                3: packed Winograd by oneDNN products, the confirmation)
 SAMPLE_POSITIONS, SAMPLE_ROWS = 64 * 64, 16  # a tuning input's positions at most, whole rows, at least 16 rows
 SAMPLE_IMAGES = 2  # a tuning input's images: a guided step's pair
 
@@ -101,7 +105,8 @@ def _best(call: Callable[[], object], first: float) -> float:
 
 
 def fastest(candidates: Candidates) -> tuple[str, dict[str, float]]:
-    """The name of the candidate to keep (module docstring), and the seconds each timed one took."""
+    """The name of the candidate to keep (module docstring), and the seconds each timed one took (the best
+    call; the confirmation's under AGAIN)."""
     reference, *others = candidates
     took = {reference: _best(candidates[reference], _seconds(candidates[reference]))}
     if took[reference] < MIN_SECONDS:  # the best call, not the first: a first call can be slow for other reasons
@@ -114,7 +119,14 @@ def fastest(candidates: Candidates) -> tuple[str, dict[str, float]]:
         took[name] = _best(candidates[name], first)
         if took[name] < took[best]:
             best = name
-    return (best if took[best] <= MARGIN * took[reference] else reference), took
+    if took[best] > MARGIN * took[reference]:
+        return reference, took
+    again = {reference: [], best: []}  # the confirmation: both once more, in turns
+    for _ in range(1 if took[reference] > LONG_SECONDS else CONFIRMATIONS):
+        for name, seconds in again.items():
+            seconds.append(_seconds(candidates[name]))
+    took |= {f"{AGAIN}{name}": min(seconds) for name, seconds in again.items()}
+    return (best if took[AGAIN + best] <= MARGIN * took[AGAIN + reference] else reference), took
 
 
 class Tuner:
