@@ -11,10 +11,10 @@ F(4x4, 3x3) on the transformed weight (16/9 or 4x the weight's size; F(4x4, 3x3)
 where that copy is small beside the layer's activations, `_fits`), and elsewhere F(4x4, 3x3) as eager
 convolution runs it, its copy made on each call. Winograd's sums over input channels run either as one
 oneDNN product per tile position, on packed matrices (faster where tiles are few: the UNet's small
-images), or as one batched `torch.bmm` (faster on some of the VAE's many-tile layers); both are candidates. The numbers are the same within the parity tests'
-tolerance. The process holds a second copy of most weights, which is why this is an option and not the
-default; where the original is a view of the weights file, its pages are given back once the copy is made
-(`pages.release`). Its speed and memory: docs/benchmarks.md.
+images), or as one batched `torch.bmm` (faster on some of the VAE's many-tile layers); both are candidates.
+The numbers are the same within the parity tests' tolerance. The process holds a second copy of most
+weights, which is why this is an option and not the default; where the original is a view of the weights
+file, its pages are given back once the copy is made (`pages.release`). Its speed and memory: docs/benchmarks.md.
 
 Each layer keeps one copy, remade when the weight changes (in-place edits bump its version), when the
 algorithm changes, or, for oneDNN's, when the input shape changes; a Linear's serves every number of rows.
