@@ -14,6 +14,7 @@ convolution (issue 7)").
 
 from __future__ import annotations
 
+import functools
 import sys
 from pathlib import Path
 
@@ -81,8 +82,10 @@ def main() -> None:
         for net, shape, wshape, conv, n, x, exact in each_layer(runs):
             tiles = (2, 4) if min(shape[-2:]) >= 8 else (2,)
             names = ["onednn", *(f"winograd{m}{way}" for m in tiles for way in ("", " batched"))]
-            calls = {name: (lambda run=run, kept=make(conv.weight, shape, pads): run(x, kept, conv.bias, pads))
-                     for name, (make, run) in ((name, packing.PACKED[name]) for name in names)}
+            calls = {}
+            for name in names:  # as packing.algorithm times them
+                make, run = packing.PACKED[name]
+                calls[name] = functools.partial(run, x, make(conv.weight, shape, pads), conv.bias, pads)
             errors = [(calls[name]().double() - exact).abs().max().item()  # the batched ones: the same arithmetic
                       for name in ("onednn", *(f"winograd{m} batched" for m in tiles))]
             took = {name: median_time(call, args.repeats) for name, call in calls.items()}

@@ -54,6 +54,11 @@ def _winograd_weights(m: int):
     return make
 
 
+def _batched_weights(m: int):
+    """make() for F(m x m, 3x3) by one batched product (`winograd.conv3x3`): U contiguous, ((m+2)^2, C, O)."""
+    return lambda weight, shape, padding: winograd.transform_weight(weight, m).contiguous()
+
+
 def _winograd_conv(x, kept: tuple, bias, padding):
     # x: (B, C, H, W) -> (B, O, H', W'); kept: (m+2)^2 packed (O, C) matrices
     def product(V):  # ((m+2)^2, R, C) -> ((m+2)^2, R, O)
@@ -66,8 +71,8 @@ PACKED = {  # name -> (make(weight, input shape, padding) -> the weight kept, ru
     "im2col": (lambda w, shape, padding: w, im2col_conv3x3),
     "winograd2": (_winograd_weights(2), _winograd_conv),
     "winograd4": (_winograd_weights(4), _winograd_conv),
-    "winograd2 batched": (lambda w, shape, padding: winograd.transform_weight(w, 2).contiguous(), winograd.conv3x3),
-    "winograd4 batched": (lambda w, shape, padding: winograd.transform_weight(w, 4).contiguous(), winograd.conv3x3),
+    "winograd2 batched": (_batched_weights(2), winograd.conv3x3),
+    "winograd4 batched": (_batched_weights(4), winograd.conv3x3),
     "winograd4 per call": (lambda w, shape, padding: w, kernels.EAGER["winograd4"]),  # eager's: nothing kept
 }
 
