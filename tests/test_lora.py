@@ -191,6 +191,22 @@ def test_a_call_scale_applies_for_that_call_only(pipe, tmp_path):
     assert torch.equal(pipe(**kw).images, full) and not torch.equal(full, plain)
 
 
+def test_a_compiled_pipeline_follows_lora_switching(pipe, sd1_folder, tmp_path):
+    """With compile() (packed weights on a CPU), switching an adapter's weight gives what the plain pipeline
+    gives: every changed layer's packed copy is remade, also when the new weight lands where the old one was."""
+    kw = dict(prompt="a red circle", num_inference_steps=2, seed=0, output_type="latent")
+    packed = StableDiffusionPipeline.from_pretrained(sd1_folder)
+    packed.set_progress_bar_config(disable=True)
+    packed.compile()
+    path = write_lora(pipe, tmp_path / "l.safetensors", "kohya")
+    for p in (pipe, packed):
+        p.load_lora_weights(path, adapter_name="a")
+    for weight in (0.5, 2.0, 0.5, 1.0):
+        for p in (pipe, packed):
+            p.set_adapters(["a"], [weight])
+        assert torch.allclose(packed(**kw).images, pipe(**kw).images, atol=1e-3), weight
+
+
 def test_a_lora_for_another_model_is_refused_and_nothing_is_applied(pipe, sd2_folder, tmp_path):
     other = StableDiffusionPipeline.from_pretrained(sd2_folder)  # SD 2: 48-wide cross-attention, linear proj_in
     layers = [("unet", "down_blocks.0.attentions.0.transformer_blocks.0.attn2.to_k", "linear"),

@@ -25,6 +25,28 @@ def test_packed_weights_follow_edits_and_step_aside_for_training():
     assert model[0].weight.grad is not None
 
 
+def test_packed_weights_follow_lora_switching():
+    """LoRAs replace a layer's weight by a new tensor and free the one before (`lora.LoRAs.apply`: the
+    originals back, then original + multiplier x delta). The allocator may place a new weight where a freed
+    one was, at the same address and version: it must not run on the copy packed from the old weight."""
+    from sumie.speed import packing
+    from sumie.speed.allocator import keep_freed_memory
+    keep_freed_memory()  # as a pipeline does: freed blocks are reused, which is when addresses repeat
+    torch.manual_seed(0)
+    layers = [packing.pack(torch.nn.Linear(256, 256)) for _ in range(6)]
+    originals = [layer.weight.data for layer in layers]
+    deltas = [torch.randn(256, 4) @ torch.randn(4, 256) for _ in layers]
+    x = torch.randn(4, 256)
+    with torch.no_grad():
+        for i in range(60):
+            for layer, original in zip(layers, originals):
+                layer.weight.data = original
+            for layer, original, delta in zip(layers, originals, deltas):
+                layer.weight.data = original + (0.25, 0.5, 1.0)[i % 3] * delta
+            for layer in layers:
+                assert torch.allclose(layer(x), torch.nn.functional.linear(x, layer.weight, layer.bias), atol=1e-3)
+
+
 def test_a_packed_linear_weight_serves_every_row_count():
     """One packed copy per Linear, made once: other row counts (another image size) reuse it."""
     from sumie.speed import packing

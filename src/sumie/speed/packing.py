@@ -78,12 +78,18 @@ PACKED = {  # name -> (make(weight, input shape, padding) -> the weight kept, ru
 
 
 def _kept(module: nn.Module, name: str, shape_key, make) -> torch.Tensor:
-    """module's weight as algorithm `name` keeps it, for inputs keyed by `shape_key`; only the latest is kept."""
-    stamp = (name, module.weight.data_ptr(), module.weight._version, shape_key)
+    """module's weight as algorithm `name` keeps it, for inputs keyed by `shape_key`; only the latest is kept.
+
+    The copy is stamped with the weight it was made from: its address, its version (bumped by in-place
+    edits) and the tensor itself. Holding the tensor keeps its memory from being reused while the copy lives:
+    a LoRA's weights replace a layer's (`lora.LoRAs.apply`), and a new weight the allocator placed where the
+    freed old one was would otherwise match the stamp and run on the stale copy."""
+    weight = module.weight.detach()
+    stamp = (name, weight.data_ptr(), weight._version, shape_key)
     kept = module.__dict__.pop("_packed", None)
     if kept is None or kept[0] != stamp:
         kept = None  # the old copy is freed before the new one is made
-        kept = (stamp, make())
+        kept = (stamp, make(), weight)
         if kept[1] is not module.weight:
             pages.release(module.weight)  # the original's file pages, read again only if the weight is
     module.__dict__["_packed"] = kept
