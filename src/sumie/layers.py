@@ -44,12 +44,16 @@ class Attention(nn.Module):
         self.to_v = nn.Linear(context_dim, dim, bias=qkv_bias)
         self.to_out = nn.ModuleList([nn.Linear(dim, dim)])
 
+    def keys_values(self, context: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """(to_k(context), to_v(context)): (B, M, context_dim) -> 2 x (B, M, dim). A cross-attention's depend on
+        the text only (`speed.texts` reuses them across steps)."""
+        return self.to_k(context), self.to_v(context)
+
     def forward(self, x: torch.Tensor, context: torch.Tensor | None = None) -> torch.Tensor:
         # x: (B, N, dim), context: (B, M, context_dim) -> (B, N, dim)
-        context = x if context is None else context
         B, N, C = x.shape
         q, k, v = (t.view(B, -1, self.heads, C // self.heads).transpose(1, 2)  # (B, heads, N|M, hd)
-                   for t in (self.to_q(x), self.to_k(context), self.to_v(context)))
+                   for t in (self.to_q(x), *self.keys_values(x if context is None else context)))
         if self.upcast and q.dtype in (torch.float16, torch.bfloat16):  # SD 2.1: fp16 softmax overflows
             q, k, v = q.float(), k.float(), v.float()
         if self.slice_size and N > self.slice_size:  # bound the (N, M) score matrix: queries in chunks

@@ -29,7 +29,7 @@ from .images import image_tensor, mask_tensor
 from .lora import Library, LoRAs, prompt_tags
 from .schedulers import SAMPLERS, Sampling, noised, randn, run
 from .schedulers.adapter import FrozenConfig, Scheduler
-from .speed import allocator, kernels
+from .speed import allocator, kernels, texts
 from .speed.compile import compile_networks
 from .speed.memory import Offload, decode, slice_attention
 from .weights import load_model
@@ -111,6 +111,7 @@ class StableDiffusionPipeline:
         self.exact_plms = False  # img2img with PLMS: diffusers' start (False) or the exact one (see from_strength)
         for model in (self.unet, self.vae, self.text_encoder):
             kernels.by_shape(model)  # on CPU, each 3x3 convolution and Linear by the algorithm fastest for its shape
+        texts.remember(self.unet)  # cross-attention's keys and values computed once per text, not every step
         allocator.keep_freed_memory()  # activations reuse freed memory instead of faulting pages back in
 
     @classmethod

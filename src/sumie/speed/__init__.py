@@ -6,6 +6,7 @@ the plain path's images).
   (the pipeline's default on CPU);
 - `winograd`: Winograd's minimal filtering for 3x3 convolutions, used by `kernels` and `packing`;
 - `packing`: `pack(model)`, weights kept in oneDNN's layout (`pipe.compile()` on a CPU);
+- `texts`: `remember(unet)`, cross-attention's keys and values computed once per text (the pipeline's default);
 - `pages`: the memory-mapped originals' pages given back once a packed copy replaces them;
 - `bands`: the VAE layer by layer in bands of rows, with whole-image GroupNorm statistics;
 - `memory`: offloading to a device, attention slicing, and which VAE decode a size takes;

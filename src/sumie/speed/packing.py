@@ -178,6 +178,8 @@ def pack(model: nn.Module) -> nn.Module:
 def unpack(model: nn.Module) -> nn.Module:
     """Undo `pack` (and `kernels.by_shape`): nn's own forwards, packed copies freed."""
     for m in model.modules():
+        if not isinstance(m, (nn.Conv2d, nn.Linear)):
+            continue
         m.__dict__.pop("forward", None)
         m.__dict__.pop("_packed", None)
     return model
