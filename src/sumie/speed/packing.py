@@ -77,19 +77,24 @@ PACKED = {  # name -> (make(weight, input shape, padding) -> the weight kept, ru
 }
 
 
-def _kept(module: nn.Module, name: str, shape_key, make) -> torch.Tensor:
-    """module's weight as algorithm `name` keeps it, for inputs keyed by `shape_key`; only the latest is kept.
+def stamp(tensors) -> tuple[tuple, list]:
+    """What something computed from `tensors` stays valid for: (their addresses and versions, which in-place
+    edits bump; the tensors, detached). Whoever keeps the result holds the tensors too, so that their memory
+    is not reused while it lives: a LoRA replaces a layer's weight by a new tensor (`lora.LoRAs.apply`), and
+    one the allocator placed where the freed weight was, at version 0, would match addresses and versions."""
+    held = [t.detach() for t in tensors]
+    return tuple((t.data_ptr(), t._version) for t in held), held
 
-    The copy is stamped with the weight it was made from: its address, its version (bumped by in-place
-    edits) and the tensor itself. Holding the tensor keeps its memory from being reused while the copy lives:
-    a LoRA's weights replace a layer's (`lora.LoRAs.apply`), and a new weight the allocator placed where the
-    freed old one was would otherwise match the stamp and run on the stale copy."""
-    weight = module.weight.detach()
-    stamp = (name, weight.data_ptr(), weight._version, shape_key)
+
+def _kept(module: nn.Module, name: str, shape_key, make) -> torch.Tensor:
+    """module's weight as algorithm `name` keeps it, for inputs keyed by `shape_key`; only the latest is kept,
+    with the weight it was made from (`stamp`)."""
+    marks, held = stamp([module.weight])
+    valid_for = (name, marks, shape_key)
     kept = module.__dict__.pop("_packed", None)
-    if kept is None or kept[0] != stamp:
+    if kept is None or kept[0] != valid_for:
         kept = None  # the old copy is freed before the new one is made
-        kept = (stamp, make(), weight)
+        kept = (valid_for, make(), held)
         if kept[1] is not module.weight:
             pages.release(module.weight)  # the original's file pages, read again only if the weight is
     module.__dict__["_packed"] = kept

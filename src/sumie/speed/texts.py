@@ -21,6 +21,7 @@ from torch import nn
 
 from ..layers import Attention
 from ..unet import TransformerBlock
+from .packing import stamp
 
 
 class _Text:
@@ -68,13 +69,13 @@ def _keys_values(self: Attention, context: torch.Tensor) -> tuple[torch.Tensor, 
     text = self.__dict__["_text"]
     if context is not text.current or not _inference():
         return Attention.keys_values(self, context)
-    weights = [p.detach() for p in (self.to_k.weight, self.to_k.bias, self.to_v.weight, self.to_v.bias)
-               if p is not None]  # held with the keys and values, so no new weight takes their memory
+    marks, held = stamp(p for p in (self.to_k.weight, self.to_k.bias, self.to_v.weight, self.to_v.bias)
+                        if p is not None)
     forwards = [getattr(m.__dict__.get("forward"), "__func__", None) for m in (self.to_k, self.to_v)]  # `packing`
-    stamp = (text.count, [(w.data_ptr(), w._version) for w in weights], forwards)
+    valid_for = (text.count, marks, forwards)
     kept = self.__dict__.get("_keys_values")
-    if kept is None or kept[0] != stamp:
-        kept = self.__dict__["_keys_values"] = (stamp, weights, Attention.keys_values(self, context))
+    if kept is None or kept[0] != valid_for:
+        kept = self.__dict__["_keys_values"] = (valid_for, held, Attention.keys_values(self, context))
     return kept[2]
 
 
