@@ -52,10 +52,28 @@ def test_ema_weights_are_used(single_files, sd1_folder, tmp_path):
     assert torch.equal(loaded.unet.conv_in.weight, state["model.diffusion_model.input_blocks.0.0.weight"] + 1)
 
 
+def save_unset(state: dict[str, torch.Tensor], path):
+    """A safetensors file of `state`'s names, dtypes and shapes (meta tensors will do) whose data is never written:
+    the file is extended to its size as a hole, which reads back as zeros (the format: an 8-byte little-endian
+    header length, the JSON header, the data). A full-size checkpoint in well under a second."""
+    import json
+    header, offset = {}, 0
+    for name, t in state.items():
+        size = t.numel() * t.element_size()
+        header[name] = {"dtype": {torch.float16: "F16", torch.float32: "F32"}[t.dtype], "shape": list(t.shape),
+                        "data_offsets": [offset, offset + size]}
+        offset += size
+    text = json.dumps(header).encode()
+    text += b" " * (-len(text) % 8)
+    with open(path, "wb") as f:
+        f.write(len(text).to_bytes(8, "little") + text)
+        f.truncate(8 + len(text) + offset)
+
+
 def full_size_single_file(version, path):
-    """A full-size SD 1.5 / 2.1 single file in the original layout, with unset (random) fp16 weights, built
-    from the presets (equal to the published configs: test_config.py); SD 2's file holds OpenCLIP's full 24
-    layers and its unused projection."""
+    """A full-size SD 1.5 / 2.1 single file in the original layout, with unset fp16 weights (`save_unset`),
+    built from the presets (equal to the published configs: test_config.py); SD 2's file holds OpenCLIP's full
+    24 layers and its unused projection."""
     from sumie.config import PRESETS, TextEncoderConfig
     from sumie.text_encoder import CLIPTextModel
     from sumie.unet import UNet2DConditionModel
@@ -63,20 +81,20 @@ def full_size_single_file(version, path):
     from sumie.weights import SINGLE_FILE_PREFIX, ours_to_open_clip, to_original
 
     ucfg, vcfg, tcfg = PRESETS[version].unet, PRESETS[version].vae, PRESETS[version].text_encoder  # the published
-    empty = lambda module: {k: torch.empty(v.shape, dtype=torch.float16) for k, v in module.state_dict().items()}
     with torch.device("meta"):
-        unet, vae = UNet2DConditionModel(ucfg), AutoencoderKL(vcfg)
+        unet, vae = UNet2DConditionModel(ucfg).half(), AutoencoderKL(vcfg).half()
         text = CLIPTextModel(tcfg if version == "sd15" else
-                             TextEncoderConfig(**{**tcfg.__dict__, "num_hidden_layers": 24}))
-    state = {SINGLE_FILE_PREFIX["unet"] + k: v for k, v in to_original("unet", ucfg, empty(unet)).items()}
-    state.update({SINGLE_FILE_PREFIX["vae"] + k: v for k, v in to_original("vae", vcfg, empty(vae)).items()})
-    if version == "sd15":
-        state.update({"cond_stage_model.transformer.text_model." + k: v for k, v in empty(text).items()})
-    else:
-        oc = ours_to_open_clip(empty(text), 24)
-        oc.update({"text_projection": torch.empty(1024, 1024, dtype=torch.float16), "logit_scale": torch.ones(())})
-        state.update({SINGLE_FILE_PREFIX["open_clip"] + k: v for k, v in oc.items()})
-    save_file(state, path)
+                             TextEncoderConfig(**{**tcfg.__dict__, "num_hidden_layers": 24})).half()
+        state = {SINGLE_FILE_PREFIX["unet"] + k: v for k, v in to_original("unet", ucfg, unet.state_dict()).items()}
+        state.update({SINGLE_FILE_PREFIX["vae"] + k: v for k, v in to_original("vae", vcfg, vae.state_dict()).items()})
+        if version == "sd15":
+            state.update({"cond_stage_model.transformer.text_model." + k: v for k, v in text.state_dict().items()})
+        else:
+            oc = ours_to_open_clip(text.state_dict(), 24)
+            oc.update({"text_projection": torch.empty(1024, 1024, dtype=torch.float16),
+                       "logit_scale": torch.empty((), dtype=torch.float32)})
+            state.update({SINGLE_FILE_PREFIX["open_clip"] + k: v for k, v in oc.items()})
+    save_unset(state, path)
     return ucfg, vcfg, tcfg
 
 
