@@ -2,6 +2,8 @@
 
 import json
 import shutil
+import subprocess
+import sys
 
 import pytest
 import torch
@@ -45,6 +47,17 @@ def test_load_whole_folder(sd1_folder):
     assert c.unet.config.cross_attention_dim == c.text_encoder.config.hidden_size
     assert c.tokenizer.pad_token_id == 49407 and c.scheduler_config["_class_name"] == "PNDMScheduler"
     assert not any(p.requires_grad for p in c.unet.parameters())
+
+
+def test_loading_sets_no_random_init_and_imports_no_compiler(sd1_folder):
+    """Models are built on the meta device without torch.nn.init (whose meta `normal_` imports torch._dynamo, a
+    second and more at the start of each CLI or server process), and their init is unchanged outside."""
+    code = ("import sys, torch; from sumie.weights import load_model; parts = load_model(sys.argv[1]); "
+            "assert 'torch._dynamo' not in sys.modules, 'torch._dynamo imported'; "
+            "torch.manual_seed(0); e = torch.nn.Embedding(4, 3); torch.manual_seed(0); "
+            "assert torch.equal(e.weight, torch.randn(4, 3)), 'init changed'")
+    r = subprocess.run([sys.executable, "-c", code, str(sd1_folder)], capture_output=True, text=True, timeout=120)
+    assert r.returncode == 0, r.stderr[-1000:]
 
 
 def test_fp16_variant_and_shards(copy):

@@ -8,12 +8,14 @@ parameter filled; anything else is one WeightsError that lists the offending key
 
 from __future__ import annotations
 
+import contextlib
 import os
 from dataclasses import dataclass, field
 from pathlib import Path
 
 import torch
 from torch import nn
+from torch.overrides import TorchFunctionMode
 
 from .. import tiny
 from ..config import (SD15, SD21, SD21_BASE, SDXL, SDXL_REFINER, TextEncoderConfig, TinyVAEConfig, UNetConfig,
@@ -54,11 +56,29 @@ def load_into(model: nn.Module, state: dict[str, torch.Tensor], *, source: str,
     return model.eval().requires_grad_(False)
 
 
+class _NoInit(TorchFunctionMode):
+    """torch.nn.init's functions leave their tensor as it is: a meta tensor has no values to set, and torch's meta
+    `normal_` (nn.Embedding's init) imports torch._dynamo, over a second at each process's first load."""
+
+    def __torch_function__(self, func, types, args=(), kwargs=None):
+        kwargs = kwargs or {}
+        if getattr(func, "__module__", None) == "torch.nn.init":
+            return args[0] if args else kwargs["tensor"]
+        return func(*args, **kwargs)
+
+
+@contextlib.contextmanager
+def on_meta():
+    """Modules made inside are built on the meta device, without their random init; `load_into` fills them."""
+    with torch.device("meta"), _NoInit():
+        yield
+
+
 def build(model_cls, config, state: dict[str, torch.Tensor], *, source: str, dtype=None, device="cpu",
           original: str | None = None) -> nn.Module:
     """Construct `model_cls(config)` on the meta device and fill it from `state`, whose keys are ours, or
     with `original` = "unet" / "vae", that component's keys in the original single-file layout."""
-    with torch.device("meta"):
+    with on_meta():
         model = model_cls(config)
     if original is not None:
         state = from_original(original, config, model.state_dict().keys(), state)
@@ -270,7 +290,7 @@ def load_tiny_vae(path: str | Path, *, dtype=None, device="cpu", allow_pickle: b
     if not any(k.startswith("decoder.") for k in state):
         raise WeightsError(f"{path} has no TAESD decoder (taesd_decoder.safetensors); sumie needs the decoder")
     config = TinyVAEConfig(latent_channels=state["decoder.layers.0.weight"].shape[1])
-    with torch.device("meta"):
+    with on_meta():
         model = TinyAutoencoder(config)
     if not any(k.startswith("encoder.") for k in state):
         model.encoder = None  # decode only
