@@ -119,18 +119,19 @@ def test_packing_gives_back_a_mapped_weights_pages_but_never_a_written_one(tmp_p
 
 
 def test_winograd4_is_kept_where_its_copy_is_small_and_made_per_call_where_eager_would(force, monkeypatch):
-    """F(4x4, 3x3) on a kept copy where that copy is small beside one image's output (64 channels at 16x16); made
-    on each call, as eager convolution does, where only its transient copy is small (512 channels at 32x32:
-    37.7 MB); neither at 768 channels (85 MB)."""
+    """F(4x4, 3x3) on a kept copy where that copy is small beside one image's output (no more channels than
+    positions: 64 at 16x16, 512 at 32x32); made on each call, as eager convolution does, where only its transient
+    copy is small (512 channels at 16x16: 37.7 MB); neither at 768 channels (85 MB)."""
     from sumie.speed import packing, tuning
     offered = []
     monkeypatch.setattr(tuning, "choose", lambda key, names, candidates: offered.append(set(candidates())) or names[0])
     torch.manual_seed(0)
     with torch.no_grad():
-        for channels, size in ((64, 16), (512, 32), (768, 4)):
+        for channels, size in ((64, 16), (512, 32), (512, 16), (768, 4)):
             packing.pack(torch.nn.Conv2d(channels, channels, 3, padding=1))(torch.randn(1, channels, size, size))
     base = {"onednn", "im2col", "winograd2", "winograd2 batched"}
-    assert offered == [base | {"winograd4", "winograd4 batched"}, base | {"winograd4 per call"}, base]
+    kept = base | {"winograd4", "winograd4 batched"}
+    assert offered == [kept, kept, base | {"winograd4 per call"}, base]
 
 
 @pytest.mark.skipif(not onednn_bfloat16(), reason="oneDNN computes no bfloat16 on this CPU")

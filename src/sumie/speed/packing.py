@@ -101,15 +101,16 @@ def _kept(module: nn.Module, name: str, shape_key, make) -> torch.Tensor:
     return kept[1]
 
 
-WINOGRAD4_MAX_GROWTH = 16  # F(4x4, 3x3)'s kept weight copy, at most this many times one image's output (_fits)
+WINOGRAD4_MAX_GROWTH = 36  # F(4x4, 3x3)'s kept weight copy, at most this many times one image's output (_fits)
 
 
 def _fits(name: str, x: torch.Tensor, weight: torch.Tensor) -> bool:
     """Whether PACKED algorithm `name` is a candidate for x (B, C, H, W), by memory: im2col where its columns fit;
     F(4x4, 3x3) on a kept copy in float32 where that copy (36 C O values), kept for as long as the model, is at
     most WINOGRAD4_MAX_GROWTH times the layer's output for one image (O H W values), so that it stays small
-    beside the activations: 36 C <= WINOGRAD4_MAX_GROWTH H W; F(4x4, 3x3) with its copy made on each call
-    where eager convolution offers it and a kept one is not offered (`kernels.fits`)."""
+    beside the activations: 36 C <= WINOGRAD4_MAX_GROWTH H W, i.e. no more input channels than positions (the
+    UNet's 640- and 960-channel layers at 32x32 qualify, 640 at 16x16 not); F(4x4, 3x3) with its copy made on
+    each call where eager convolution offers it and a kept one is not offered (`kernels.fits`)."""
     if name in ("winograd4", "winograd4 batched"):
         return x.dtype == torch.float32 and 36 * x.shape[1] <= WINOGRAD4_MAX_GROWTH * x.shape[-2] * x.shape[-1]
     if name == "winograd4 per call":

@@ -40,8 +40,8 @@ TIMED_CALLS = 2  # timed calls per candidate after its first (its warm-up); the 
 LONG_SECONDS = 0.05  # a first call this long is followed by one timed call, not TIMED_CALLS
 CONFIRMATIONS = 2  # rounds that time the winner and the reference again, in turns (one where calls are long)
 AGAIN = "again: "  # the confirmation's times, in `fastest`'s timings, under this prefix and the candidate's name
-CANDIDATES = 3  # raised whenever what is timed changes (2: eager F(4x4, 3x3), Linear, two images;
-#                3: packed Winograd by oneDNN products, the confirmation)
+CANDIDATES = 4  # raised whenever what is timed changes (2: eager F(4x4, 3x3), Linear, two images;
+#                3: packed Winograd by oneDNN products, the confirmation; 4: packed F(4x4, 3x3) kept up to C = H W)
 SAMPLE_POSITIONS, SAMPLE_ROWS = 64 * 64, 16  # a tuning input's positions at most, whole rows, at least 16 rows
 SAMPLE_IMAGES = 2  # a tuning input's images: a guided step's pair
 
