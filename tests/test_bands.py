@@ -37,6 +37,23 @@ def test_vae_bands_are_exact_for_every_layer_kind(sd1_folder):
             assert a.shape == b.shape and torch.allclose(a, b, atol=1e-5), (a - b).abs().max()
 
 
+@pytest.mark.parametrize("budget", [1, 250, 1 << 22])  # statistics one group, two groups, all groups at a time
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
+def test_norm_silu_equals_groupnorm_then_silu(monkeypatch, budget, dtype):
+    """The bands' GroupNorm + SiLU, on a band of rows, equals torch's over the whole tensor (bfloat16: to its
+    rounding), however many groups its statistics take at a time."""
+    from sumie.speed.bands import norm_silu
+    monkeypatch.setattr(bands, "BAND_BUDGET", budget)
+    torch.manual_seed(0)
+    norm = torch.nn.GroupNorm(4, 8).to(dtype)
+    torch.nn.init.normal_(norm.weight), torch.nn.init.normal_(norm.bias)
+    x = (torch.randn(2, 8, 6, 5) * torch.arange(1, 9)[:, None, None] + torch.arange(8)[:, None, None]).to(dtype)
+    with torch.no_grad():
+        expected = torch.nn.functional.silu(norm(x))[:, :, 2:5].float()
+        got = norm_silu(norm, x)(x[:, :, 2:5]).float()
+    assert torch.allclose(got, expected, atol=1e-5 if dtype == torch.float32 else 5e-2), (got - expected).abs().max()
+
+
 def test_vae_bands_take_group_statistics_in_float32(sd1_folder):
     """In half precision the bands' GroupNorm statistics are float32, as in GroupNorm itself: activations
     whose variance overflows float16 (here 300^2 > 65504) still decode like the one-call path."""

@@ -48,20 +48,22 @@ def norm_silu(norm: nn.GroupNorm, x: torch.Tensor):
     """SiLU(GroupNorm(x)) with statistics over all of x (B, C, H, W), as a function of any band of x's rows."""
     B, C = x.shape[:2]
     groups = x.unflatten(1, (norm.num_groups, -1))  # (B, groups, C/groups, H, W)
-    # in float32 like GroupNorm itself (a half-precision variance overflows), one group at a time, two passes:
-    # the mean, then the mean square about it (torch.var_mean's one-pass Welford is the slower on CPU)
+    # in float32 like GroupNorm itself (a half-precision variance overflows), on a float32 copy of as many groups
+    # as fit in BAND_BUDGET values at a time, two passes: the mean, then the mean square about it (torch.var_mean's
+    # one-pass Welford is the slower on CPU)
+    per = max(1, BAND_BUDGET // groups[:, 0].numel())
     var, mean = [], []
-    for g in range(norm.num_groups):
-        xg = groups[:, g].float()  # (B, C/groups, H, W)
-        mean.append(xg.mean(dim=(1, 2, 3)))
-        var.append(torch.linalg.vector_norm(xg - mean[-1][:, None, None, None], dim=(1, 2, 3)).square()
-                   / xg[0].numel())
-    var, mean = torch.stack(var, 1), torch.stack(mean, 1)  # (B, groups)
+    for g in range(0, norm.num_groups, per):
+        xg = groups[:, g:g + per].to(torch.float32, copy=True)  # (B, k, C/groups, H, W)
+        mean.append(xg.mean(dim=(2, 3, 4)))
+        var.append(torch.linalg.vector_norm(xg.sub_(mean[-1][:, :, None, None, None]), dim=(2, 3, 4)).square()
+                   / xg[0, 0].numel())
+    var, mean = torch.cat(var, 1), torch.cat(mean, 1)  # (B, groups)
     weight, bias = (p.to(x.device, torch.float32) for p in (norm.weight, norm.bias))  # see `conv_rows`
     scale = torch.rsqrt(var + norm.eps).repeat_interleave(C // norm.num_groups, 1) * weight  # (B, C)
     shift = bias - mean.repeat_interleave(C // norm.num_groups, 1) * scale
     scale, shift = scale.to(x.dtype)[:, :, None, None], shift.to(x.dtype)[:, :, None, None]
-    return lambda rows: F.silu(torch.addcmul(shift, rows, scale), inplace=True)
+    return lambda rows: F.silu((rows * scale).add_(shift), inplace=True)  # addcmul: 3x slower in bfloat16 NCHW
 
 
 def conv_rows(conv: nn.Conv2d, rows, height: int, pad: tuple[int, int], budget: int,
