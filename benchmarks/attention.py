@@ -40,7 +40,7 @@ def timed_attention(step, repeats: int) -> tuple[float, dict]:
         entry[0] += 1
         entry[1] += time.perf_counter() - start
         return out
-    took = median_time(step, repeats)  # untimed attention first: the step as a user runs it
+    took = median_time(step, repeats)  # the step as a user runs it, before attention is wrapped
     F.scaled_dot_product_attention = timed  # sumie.layers calls it through the module attribute
     try:
         step()
