@@ -32,7 +32,7 @@ import types
 import torch
 from torch import nn
 
-from . import pages, tuning, winograd
+from . import allocator, pages, tuning, winograd
 from . import kernels
 from .kernels import cpu_inference, im2col_conv3x3, key
 
@@ -94,7 +94,8 @@ def _kept(module: nn.Module, name: str, shape_key, make) -> torch.Tensor:
     kept = module.__dict__.pop("_packed", None)
     if kept is None or kept[0] != valid_for:
         kept = None  # the old copy is freed before the new one is made
-        kept = (valid_for, make(), held)
+        with allocator.own_mappings():  # a copy remade for another size leaves no hole in the heap
+            kept = (valid_for, make(), held)
         if kept[1] is not module.weight:
             pages.release(module.weight)  # the original's file pages, read again only if the weight is
     module.__dict__["_packed"] = kept
