@@ -9,7 +9,9 @@ three UNets of the full SD 1.5 architecture (random weights, loaded from the sam
 and the malloc settings sumie sets (`sumie.speed.allocator`), and each round calls all three, in an order
 that rotates every round. Reported: each one's median, and the median over rounds of each round's ratio
 to diffusers (the pairwise ratio, which a slow drift of the host hits alike). float32, 2 threads, batch 2
-(a guided step), the text one encoding of 77 tokens. `--write` refreshes "UNet step in one process on <CPU>".
+(a guided step), the text one random encoding of 77 tokens; sumie's UNets as its pipeline holds them, so with
+cross-attention's keys and values once per text (`sumie.speed.texts`), as in compare.py. `--write` refreshes
+"UNet step in one process on <CPU>".
 """
 
 from __future__ import annotations
